@@ -1,0 +1,15 @@
+"""dashvl: Delta Attention Selective Halting for vision-language model prefill.
+
+    import dashvl
+    handle = dashvl.compress(model, ratio=0.5, layer=2)
+    model.generate(**inputs)
+    handle.trace            # what was halted in the last prefill
+    dashvl.restore(model)
+"""
+from .api import compress, get_handle, restore
+from .config import DashConfig
+from .engine import DashHandle
+from .trace import HaltTrace, VisualSpan
+
+__all__ = ["compress", "restore", "get_handle", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan"]
+__version__ = "0.1.0"

@@ -1,0 +1,78 @@
+"""What the engine needs to know about a model family, and the Llama-style defaults."""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+__all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION"]
+
+# Attention backends the engine builds masks for. flex_attention / paged backends take block masks or
+# packed layouts that the gathered layers would get wrong, so they are refused.
+SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+ImageGrid = tuple  # (kind, t, h, w): kind "image" or "video", sizes in LLM tokens (after any merge)
+
+
+class Adapter:
+    """Family knowledge for decoder-only Llama-style backbones (Llama, Qwen2, Mistral).
+
+    Subclasses override what differs: where the decoder layers live, which ids are visual tokens and how
+    visual tokens map onto image grids.
+    """
+
+    model_types: tuple[str, ...] = ()
+
+    def text_config(self, model: nn.Module):
+        return model.config.get_text_config(decoder=True)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.model.layers
+
+    def check(self, model: nn.Module) -> None:
+        """Raise ValueError for a model of this family that the engine cannot serve correctly."""
+
+    def image_token_id(self, model: nn.Module) -> int | None:
+        return None
+
+    def video_token_id(self, model: nn.Module) -> int | None:
+        return None
+
+    def trace_inputs(self, call_kwargs: dict) -> dict:
+        """What of a model call's keyword arguments ``visual_grids`` needs later (kept by reference)."""
+        return {}
+
+    def visual_grids(self, model: nn.Module, inputs: dict, runs: list[list[tuple[str, int, int]]]) -> list[list[ImageGrid]]:
+        """Grid of each visual item per batch row, in prompt order.
+
+        Args:
+            inputs: what ``trace_inputs`` kept of the call.
+            runs: per row, ``(kind, start, length)`` of each maximal run of image or video tokens, in order.
+        """
+        return [[] for _ in runs]
+
+    def sliding_window(self, model: nn.Module) -> int | None:
+        """Window of sliding-window layers, or None. Halting is exact only while prompts fit in it."""
+        cfg = self.text_config(model)
+        if "sliding_attention" in (getattr(cfg, "layer_types", None) or ()):
+            return getattr(cfg, "sliding_window", None) or 0
+        return getattr(cfg, "sliding_window", None)
+
+    def halted_kv(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Keys and values that frozen tokens contribute to ``layer`` (kv="keep").
+
+        Args:
+            hidden: [B, H, d] frozen hidden states; cos, sin: [B, H, head_dim] at their original positions.
+        Returns:
+            keys, values: [B, kv_heads, H, head_dim], RoPE applied as the layer's own attention does.
+        """
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        B, H, _ = x.shape
+        k = attn.k_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
+        # The family's own rotary function, from the module that defines its attention.
+        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        k, _ = rope(k, k, cos, sin)
+        return k, v

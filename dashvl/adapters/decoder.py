@@ -1,0 +1,8 @@
+"""Plain decoder LLMs (text only): LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM."""
+from __future__ import annotations
+
+from .base import Adapter
+
+
+class DecoderAdapter(Adapter):
+    model_types = ("llama", "qwen2", "mistral")

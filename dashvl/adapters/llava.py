@@ -1,0 +1,38 @@
+"""LLaVA-1.5 style models: a CLIP tower, a projector, and a Llama / Mistral / Qwen2 text backbone."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Adapter, ImageGrid
+
+TEXT_BACKBONES = ("llama", "mistral", "qwen2")
+
+
+class LlavaAdapter(Adapter):
+    model_types = ("llava",)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.model.language_model.layers
+
+    def check(self, model):
+        text_type = model.config.text_config.model_type
+        if text_type not in TEXT_BACKBONES:
+            raise ValueError(f"LLaVA with a {text_type!r} text model is not supported; "
+                             f"supported text backbones: {', '.join(TEXT_BACKBONES)}")
+
+    def image_token_id(self, model):
+        return model.config.image_token_id
+
+    def visual_grids(self, model, inputs, runs) -> list[list[ImageGrid]]:
+        # A fixed square grid per image: (image_size / patch_size)^2 tokens, CLS dropped ("default").
+        vision = model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        if model.config.vision_feature_select_strategy != "default":
+            return [[] for _ in runs]  # CLS kept in the sequence: no square grid to draw
+        out = []
+        for runs in runs:
+            items = []
+            for _, _, n in runs:
+                items += [("image", 1, side, side)] * (n // (side * side))
+            out.append(items)
+        return out

@@ -1,0 +1,66 @@
+"""Qwen2-VL and Qwen2.5-VL: dynamic image grids, 2x2 patch merge, M-RoPE already combined in cos/sin."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Adapter, ImageGrid
+
+
+class Qwen2VLAdapter(Adapter):
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.model.language_model.layers
+
+    def image_token_id(self, model):
+        return model.config.image_token_id
+
+    def video_token_id(self, model):
+        return model.config.video_token_id
+
+    def trace_inputs(self, call_kwargs):
+        # generate() runs the vision tower before the model call and passes M-RoPE position ids instead of
+        # the grid sizes; a direct forward() passes the grid sizes.
+        return {k: call_kwargs[k] for k in ("image_grid_thw", "video_grid_thw", "position_ids")
+                if call_kwargs.get(k) is not None}
+
+    def visual_grids(self, model, inputs, runs) -> list[list[ImageGrid]]:
+        if "image_grid_thw" in inputs or "video_grid_thw" in inputs:
+            return _grids_from_thw(inputs, runs, model.config.vision_config.spatial_merge_size)
+        if "position_ids" in inputs and inputs["position_ids"].dim() == 3:
+            return _grids_from_positions(inputs["position_ids"], runs)
+        return [[] for _ in runs]
+
+
+def _grids_from_thw(inputs, runs, merge: int) -> list[list[ImageGrid]]:
+    """Grids come in batch order, images and videos in separate lists; each item's tokens are one
+    raster-ordered run of t * (h / merge) * (w / merge) tokens."""
+    pending = {}
+    for kind in ("image", "video"):
+        thw = inputs.get(f"{kind}_grid_thw")
+        pending[kind] = [] if thw is None else [(int(t), int(h) // merge, int(w) // merge) for t, h, w in thw.tolist()]
+    out = []
+    for row_runs in runs:
+        items = []
+        for kind, _, n in row_runs:
+            while n > 0 and pending[kind]:  # one run can hold several adjacent items
+                t, h, w = pending[kind].pop(0)
+                items.append((kind, t, h, w))
+                n -= t * h * w
+        out.append(items)
+    return out
+
+
+def _grids_from_positions(position_ids: torch.Tensor, runs) -> list[list[ImageGrid]]:
+    """M-RoPE ids [3 or 4, B, T] give each visual token its (t, h, w) index: count distinct values per run."""
+    pos = position_ids[-3:].cpu()
+    out = []
+    for row, row_runs in enumerate(runs):
+        items = []
+        for kind, start, n in row_runs:
+            t, h, w = (int(pos[a, row, start:start + n].unique().numel()) for a in range(3))
+            if t * h * w == n:
+                items.append((kind, t, h, w))
+        out.append(items)
+    return out

@@ -1,0 +1,70 @@
+"""compress / restore: the one verb and its undo."""
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+from torch import nn
+
+from .adapters import adapter_for
+from .config import DashConfig
+from .engine import DashHandle
+
+__all__ = ["compress", "restore", "get_handle"]
+
+# model -> its DashHandle; weak so a dropped model takes its handle with it
+_HANDLES: "weakref.WeakKeyDictionary[nn.Module, DashHandle]" = weakref.WeakKeyDictionary()
+
+
+def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> DashHandle:
+    """Install DASH on ``model`` in place and return its handle.
+
+    ``compress(model, ratio=0.5, layer=2)`` or ``compress(model, DashConfig(...))``; keyword settings
+    override the config's fields. Compressing an already compressed model replaces the old settings
+    (``compress`` twice equals ``compress`` once). Every check runs before the model is touched.
+
+    Raises:
+        ValueError: a setting out of range, an unsupported model type, attention backend, cache or
+            generation setting; the message names what is allowed.
+    """
+    if config is None:
+        config = DashConfig(**settings)
+    elif settings:
+        config = dataclasses.replace(config, **settings)
+    if not isinstance(config, DashConfig):
+        raise TypeError(f"config must be a dashvl.DashConfig; got {type(config).__name__}")
+    if type(model).__name__ == "OptimizedModule":
+        raise ValueError("compress the model before torch.compile, or pass the uncompiled model (model._orig_mod); "
+                         "dashvl's hooks do not run under torch.compile")
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    layer = config.resolve_layer(len(layers))
+    handle = DashHandle(model, config, adapter, layers, layer)
+    handle.check_backend()
+    handle.check_generation()
+
+    old = _HANDLES.get(model)
+    if old is not None:
+        old.remove()
+    handle._install()
+    _HANDLES[model] = handle
+    return handle
+
+
+def restore(model: nn.Module) -> bool:
+    """Remove DASH from ``model``. Returns True if it was compressed."""
+    handle = _HANDLES.get(model)
+    if handle is None:
+        return False
+    handle.remove()
+    return True
+
+
+def get_handle(model: nn.Module) -> DashHandle | None:
+    """The handle installed on ``model``, if any."""
+    return _HANDLES.get(model)
+
+
+def _forget(handle: DashHandle) -> None:
+    if _HANDLES.get(handle.model) is handle:
+        del _HANDLES[handle.model]

@@ -1,0 +1,72 @@
+"""Settings of one DASH installation, validated before the model is touched."""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+__all__ = ["DashConfig", "KV_MODES", "SCOPES"]
+
+KV_MODES = ("drop", "keep")
+SCOPES = ("all", "vision", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class DashConfig:
+    """What DASH halts, where, and how halted tokens are treated above the activation layer.
+
+    Attributes:
+        ratio: ρ in [0, 1): per batch row, ``floor(ρ · n_eligible)`` eligible tokens halt.
+        layer: the activation layer l_s. An int in [0, L-2], or a float in (0, 1) meaning
+            ``floor(layer · L)`` (clamped to L-2) for a model of L decoder layers.
+        kv: ``"drop"`` (halted tokens are neither queries nor keys above l_s; the paper) or
+            ``"keep"`` (halted tokens still serve as keys/values, from their frozen state).
+        scope: which tokens may halt: ``"all"`` (the paper), ``"vision"`` (image/video tokens) or
+            ``"text"``.
+        protect_last: the last N real prompt tokens of each row never halt (N >= 1: the last
+            token's logits are the output of prefill).
+    """
+
+    ratio: float = 0.5
+    layer: int | float = 2
+    kv: str = "drop"
+    scope: str = "all"
+    protect_last: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 <= self.ratio < 1:
+            raise ValueError(f"ratio must be a number in [0, 1) (the fraction of eligible tokens that halt); got {self.ratio!r}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, numbers.Real):
+            raise ValueError(f"layer must be an int >= 0 or a float in (0, 1); got {self.layer!r}")
+        if isinstance(self.layer, numbers.Integral):
+            if self.layer < 0:
+                raise ValueError(f"layer must be an int >= 0 or a float in (0, 1); got {self.layer!r}")
+        elif not 0 < self.layer < 1:
+            raise ValueError(f"layer as a float is a fraction of the depth and must lie in (0, 1); got {self.layer!r}")
+        if self.kv not in KV_MODES:
+            raise ValueError(f"kv must be one of {KV_MODES}; got {self.kv!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}; got {self.scope!r}")
+        if isinstance(self.protect_last, bool) or not isinstance(self.protect_last, numbers.Integral) or self.protect_last < 1:
+            raise ValueError(f"protect_last must be an int >= 1 (the last prompt token always stays active); got {self.protect_last!r}")
+
+    def resolve_layer(self, num_layers: int) -> int:
+        """The activation layer index for a model of ``num_layers`` decoder layers.
+
+        Raises ValueError when it is not in [0, num_layers - 2] (at least one layer must run above it).
+        """
+        if num_layers < 2:
+            raise ValueError(f"DASH needs a model with at least 2 decoder layers; this one has {num_layers}")
+        if isinstance(self.layer, numbers.Integral):
+            layer = int(self.layer)
+        else:
+            layer = min(int(self.layer * num_layers), num_layers - 2)
+        if not 0 <= layer <= num_layers - 2:
+            raise ValueError(
+                f"layer must be in [0, {num_layers - 2}] for this model ({num_layers} decoder layers), "
+                f"or a float in (0, 1); got {self.layer!r}"
+            )
+        return layer
+
+    def num_halted(self, n_eligible: int) -> int:
+        """floor(ρ · n), with a tolerance of 1e-9 so that e.g. 0.29 · 100 gives 29, not 28."""
+        return int(self.ratio * n_eligible + 1e-9)

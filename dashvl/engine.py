@@ -1,0 +1,381 @@
+"""The halting engine: hooks on a model's decoder layers that gather, run and scatter active tokens.
+
+Flow of one model call (a prefill, a second-turn prompt or a decode step):
+
+1. model pre-hook: read token ids and the 2-D padding mask; count eligible tokens per row on the host
+   (the only host sync, taken before the GPU has work queued) so every later shape is known in advance.
+2. layer 0 pre-hook: note the cache and how many tokens it already holds.
+3. layer l_s attention hook: Δ = ||U||₂ per token; select the lowest-Δ eligible tokens; build gather indices.
+4. layer l_s+1 pre-hook: gather hidden states, cos/sin and the frozen tokens' inputs; build one mask for all
+   halted-region layers. Every halted-region layer pre-hook swaps in those keyword arguments (and, for
+   kv="keep", writes the frozen tokens' keys/values into its cache first).
+5. last layer hook: scatter the active tokens back over the frozen states of layer l_s.
+
+Halted-region layers (> l_s) keep a shorter cache. Which sequence position each of its slots holds is kept
+per cache object (``_Session.key_pos``), so decode steps and later turns get the right mask.
+Knows no model family: everything family-specific comes from ``adapters``.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from . import policy
+from .adapters import SUPPORTED_ATTENTION, Adapter
+from .config import DashConfig
+from .trace import HaltTrace, build_spans, visual_runs
+
+__all__ = ["DashHandle"]
+
+
+class _Session:
+    """Layout of the halted-region caches of one cache object: long [B, K] sequence positions, -1 = unused slot."""
+
+    __slots__ = ("key_pos", "all_valid")
+
+    def __init__(self, key_pos: torch.Tensor, all_valid: bool):
+        self.key_pos, self.all_valid = key_pos, all_valid
+
+
+class _Call:
+    """State of one model call. Lives from the model pre-hook to the model post-hook."""
+
+    def __init__(self, B: int, T: int, real, kinds, grid_kwargs):
+        self.B, self.T = B, T
+        self.real, self.kinds, self.grid_kwargs = real, kinds, grid_kwargs
+        self.num_halt = None       # per-row halted counts (host ints) when this call halts anything
+        self.cache = None
+        self.past_len = 0
+        self.session = None
+        self.scores = None
+        self.active = None
+        self.overrides = None      # keyword arguments swapped into every halted-region layer
+        self.keep_cache = None     # where kv="keep" writes the frozen tokens' keys/values
+
+
+class DashHandle:
+    """DASH installed on one model. Made by ``dashvl.compress``; undone by ``remove()`` / ``dashvl.restore``.
+
+    Attributes:
+        config: the DashConfig in force.
+        layer: the resolved activation layer l_s.
+        trace: HaltTrace of the last prefill, or None before any.
+    """
+
+    def __init__(self, model: nn.Module, config: DashConfig, adapter: Adapter, layers: nn.ModuleList, layer: int):
+        self.model, self.config, self.adapter, self.layer = model, config, adapter, layer
+        self._layers = layers
+        self._num_layers = len(layers)
+        self._backend_config = layers[0].self_attn.config
+        params = inspect.signature(layers[0].forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._image_id = adapter.image_token_id(model)
+        self._video_id = adapter.video_token_id(model)
+        self._window = adapter.sliding_window(model)
+        self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._call: _Call | None = None
+        self._trace_parts = None
+        self._trace: HaltTrace | None = None
+        self._hooks: list = []
+
+    # ----------------------------------------------------------------- install / remove
+
+    def _install(self) -> None:
+        m, layers, ls = self.model, self._layers, self.layer
+        try:
+            self._hooks += [
+                m.register_forward_pre_hook(self._on_call, with_kwargs=True),
+                m.register_forward_hook(self._on_call_end, always_call=True),
+                layers[0].register_forward_pre_hook(self._on_first_layer, with_kwargs=True),
+                layers[ls].self_attn.register_forward_hook(self._on_activation_attention),
+            ]
+            for i in range(ls + 1, self._num_layers):
+                hook = functools.partial(self._on_halted_layer, i)
+                self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+            self._hooks.append(layers[-1].register_forward_hook(self._on_last_layer))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove every hook this handle added; the model is the unmodified one again."""
+        while self._hooks:
+            self._hooks.pop().remove()
+        self._call = None
+        from . import api  # late: api imports this module
+        api._forget(self)
+
+    def __enter__(self) -> "DashHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks are installed."""
+        return bool(self._hooks)
+
+    @property
+    def trace(self) -> HaltTrace | None:
+        if self._trace is None and self._trace_parts is not None:
+            self._trace = self._build_trace(*self._trace_parts)
+        return self._trace
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"DashHandle(ratio={c.ratio}, layer={self.layer}/{self._num_layers}, kv={c.kv!r}, "
+                f"scope={c.scope!r}, active={self.active})")
+
+    # ----------------------------------------------------------------- checks shared with compress()
+
+    def check_backend(self) -> None:
+        backend = self._backend_config._attn_implementation
+        if backend not in SUPPORTED_ATTENTION:
+            raise ValueError(f"attention backend {backend!r} is not supported by dashvl; use one of "
+                             f"{', '.join(SUPPORTED_ATTENTION)} (attn_implementation=... when loading)")
+        if backend.startswith("flash") and self.config.kv == "keep":
+            raise ValueError("kv='keep' needs an explicit attention mask, which flash_attention_2 cannot take; "
+                             "use kv='drop' with flash_attention_2, or attn_implementation='sdpa' / 'eager'")
+
+    def check_generation(self) -> None:
+        gen = getattr(self.model, "generation_config", None)
+        impl = getattr(gen, "cache_implementation", None)
+        if impl not in (None, "dynamic"):
+            raise ValueError(f"generation_config.cache_implementation={impl!r} is not supported: dashvl needs "
+                             "the dynamic cache (halted layers keep shorter caches); set it to None")
+        if getattr(gen, "prefill_chunk_size", None):
+            raise ValueError("chunked prefill (generation_config.prefill_chunk_size) is not supported: DASH "
+                             "halts tokens of a whole prompt at once; set prefill_chunk_size to None")
+
+    # ----------------------------------------------------------------- hooks
+
+    def _on_call(self, module, args, kwargs):
+        cfg = self.config
+        if torch.compiler.is_compiling():
+            raise RuntimeError("dashvl does not run under torch.compile; compile a restored model instead")
+        if kwargs.get("output_hidden_states") or kwargs.get("output_attentions") or \
+                getattr(self.model.config, "output_hidden_states", False):
+            raise ValueError("output_hidden_states / output_attentions are not available on a compressed model "
+                             "(halted layers run on fewer tokens); read handle.trace, or restore the model first")
+        self.check_backend()
+        self.check_generation()
+
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        shaped = ids if ids is not None else embeds
+        if shaped is None:
+            self._call = None
+            return None
+        B, T = shaped.shape[:2]
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError(f"dashvl needs a 2-D attention_mask [batch, length] (1 = token, 0 = padding); "
+                             f"got shape {tuple(mask.shape)}")
+        real = mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=shaped.device)
+        kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
+        grid_kwargs = self.adapter.trace_inputs(kwargs)
+        call = _Call(B, T, real, kinds, grid_kwargs)
+
+        if cfg.ratio > 0 and T > 1:
+            eligible = policy.eligible_tokens(kinds, cfg.scope, cfg.protect_last)
+            if mask is None and cfg.scope == "all":
+                n_real, n_elig = [T] * B, [max(T - cfg.protect_last, 0)] * B
+            else:  # the one host sync of a prefill, taken before any GPU work of this call is queued
+                n_real, n_elig = torch.stack([real.sum(1), eligible.sum(1)]).tolist()
+            num_halt = [cfg.num_halted(e) for e in n_elig]
+            if any(num_halt):
+                n_active = [r - h for r, h in zip(n_real, num_halt)]
+                call.num_halt = num_halt
+                call.eligible = eligible
+                call.width = max(n_active)                       # slots per row above l_s
+                call.all_valid = min(n_active) == call.width     # no filler slots anywhere
+                call.h_width = max(num_halt)                     # kv="keep": frozen key slots per row
+                call.h_all_valid = min(num_halt) == call.h_width
+        self._call = call
+        return None
+
+    def _on_call_end(self, module, args, output):
+        self._call = None
+
+    def _on_first_layer(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        B, T = hidden.shape[:2]
+        call = self._call
+        if call is None:  # the language model was called on its own: no ids, no padding information
+            real = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+            call = self._call = _Call(B, T, real, policy.token_kinds(None, real, None, None), {})
+        elif (call.B, call.T) != (B, T):
+            raise RuntimeError(f"the language model received {B}x{T} tokens but the model call had "
+                               f"{call.B}x{call.T} ids; dashvl needs prompts whose visual tokens the processor "
+                               "already expanded")
+        cache = kwargs.get(self._cache_kw, kwargs.get("past_key_values"))
+        past = 0
+        if cache is not None:
+            if not isinstance(cache, DynamicCache) or \
+                    any(type(layer) is not DynamicLayer for layer in cache.layers[self.layer + 1:]):
+                raise ValueError(f"{type(cache).__name__} is not supported: dashvl needs a DynamicCache with full "
+                                 "attention layers (halted layers keep shorter caches); static, sliding and "
+                                 "quantized caches are not")
+            past = cache.get_seq_length()
+            if past == 0:
+                self._sessions.pop(cache, None)
+            else:
+                call.session = self._sessions.get(cache)
+                stored = cache.get_seq_length(self.layer + 1)
+                expected = call.session.key_pos.shape[1] if call.session is not None else past
+                if stored != expected or (call.session is not None and call.session.key_pos.shape[0] != B):
+                    raise RuntimeError("this cache was not built by this compressed model (its halted layers hold "
+                                       f"{stored} tokens, {expected} expected); start from an empty cache")
+        if self._window is not None and past + T > self._window:
+            raise ValueError(f"this model uses sliding-window attention (window {self._window}); dashvl is exact "
+                             f"only for sequences within the window, and this one has {past + T} tokens")
+        call.cache, call.past_len = cache, past
+        return None
+
+    def _on_activation_attention(self, module, args, output):
+        call = self._call
+        if call is None or call.T <= 1:
+            return None  # decode steps: generated tokens never halt
+        call.scores = policy.delta_scores(output[0] if isinstance(output, tuple) else output)
+        if call.num_halt is not None:
+            num_halt = torch.tensor(call.num_halt, device=call.scores.device)
+            halted = policy.select_halted(call.scores, call.eligible, num_halt)
+            call.active = call.real & ~halted
+            call.index, call.valid = policy.compact_index(call.active, call.width)
+            if self.config.kv == "keep":
+                call.h_index, call.h_valid = policy.compact_index(halted, call.h_width)
+        self._trace_parts = (call.scores, call.active if call.active is not None else call.real,
+                             call.kinds, call.grid_kwargs)
+        self._trace = None
+        return None
+
+    def _on_halted_layer(self, i, module, args, kwargs):
+        call = self._call
+        if call is None:
+            return None
+        if i == self.layer + 1:
+            args = self._enter_halted_region(call, args, kwargs)
+        if call.overrides is None:
+            return None
+        if call.keep_cache is not None:
+            k, v = self.adapter.halted_kv(module, call.h_hidden, call.h_cos, call.h_sin)
+            call.keep_cache.update(k, v, i)
+        kwargs.update(call.overrides)
+        return args, kwargs
+
+    def _on_last_layer(self, module, args, output):
+        call = self._call
+        if call is None or call.active is None:
+            return None
+        out = output[0] if isinstance(output, tuple) else output
+        full = _scatter_tokens(call.frozen, call.index, out, None if call.all_valid else call.valid)
+        return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
+
+    # ----------------------------------------------------------------- the halted region's inputs
+
+    def _enter_halted_region(self, call: _Call, args, kwargs):
+        """Prepare the keyword arguments of every layer above l_s for this call; returns the layer's args."""
+        session, compact = call.session, call.active is not None
+        call.overrides = None
+        if not compact and session is None:
+            return args  # nothing halted, now or earlier in this cache: the layers run as usual
+        hidden = args[0] if args else kwargs["hidden_states"]
+        B, T, past, device = call.B, call.T, call.past_len, hidden.device
+        if session is not None:
+            past_keys, past_valid = session.key_pos, session.all_valid
+        elif past:  # earlier turns halted nothing: the halted layers' caches are full length
+            past_keys, past_valid = torch.arange(past, device=device).expand(B, past), True
+        else:
+            past_keys, past_valid = None, True
+
+        overrides = {"position_ids": None}
+        if compact:
+            cos, sin = kwargs["position_embeddings"]
+            call.frozen = hidden
+            hidden = _gather_tokens(hidden, call.index)
+            overrides["position_embeddings"] = (_gather_tokens(cos, call.index), _gather_tokens(sin, call.index))
+            q_pos = torch.where(call.valid, call.index + past, -1)
+            new_keys, new_valid = q_pos, call.all_valid
+            if self.config.kv == "keep":
+                call.h_hidden = _gather_tokens(call.frozen, call.h_index)
+                call.h_cos, call.h_sin = _gather_tokens(cos, call.h_index), _gather_tokens(sin, call.h_index)
+                new_keys = torch.cat([torch.where(call.h_valid, call.h_index + past, -1), q_pos], 1)
+                new_valid = new_valid and call.h_all_valid
+                if call.cache is None:  # no cache asked for: a private one carries the frozen keys/values
+                    call.keep_cache = DynamicCache()
+                    overrides[self._cache_kw] = call.keep_cache
+                else:
+                    call.keep_cache = call.cache
+        else:  # a call that halts nothing on a cache whose halted layers are short (decode steps)
+            positions = torch.arange(past, past + T, device=device).expand(B, T)
+            q_pos = torch.where(call.real, positions, -1) if T > 1 else positions
+            new_keys, new_valid = q_pos, T == 1
+        key_pos = torch.cat([past_keys, new_keys], 1) if past_keys is not None else new_keys
+        keys_valid = past_valid and new_valid
+        if call.cache is not None:
+            self._sessions[call.cache] = _Session(key_pos, keys_valid)
+        overrides["attention_mask"] = self._mask(key_pos, q_pos, keys_valid, past_keys is None, hidden.dtype)
+        call.overrides = overrides
+        if compact:
+            args = (hidden,) + tuple(args[1:]) if args else args
+            if not args:
+                kwargs["hidden_states"] = hidden
+        return args
+
+    def _mask(self, key_pos, q_pos, keys_valid: bool, fresh: bool, dtype):
+        """Attention mask of the halted layers in the backend's format, or None where plain causal is exact.
+
+        Args:
+            key_pos: long [B, K], the sequence position held by each key slot (-1: unused slot).
+            q_pos: long [B, Q], the position of each query slot (-1: filler slot).
+        """
+        backend = self._backend_config._attn_implementation
+        Q, K = q_pos.shape[1], key_pos.shape[1]
+        if backend.startswith("flash"):
+            # Queries are the last Q key slots (kv="drop"), so a 2-D key mask with causal alignment is exact.
+            return None if keys_valid else key_pos >= 0
+        if keys_valid and (Q == 1 or (fresh and Q == K and backend == "sdpa")):
+            return None  # decode against valid keys, or a fresh causal prefill: SDPA's is_causal / no mask
+        key_ok = key_pos[:, None, :] >= 0
+        allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None])
+        allowed = torch.where((q_pos < 0)[:, :, None], key_ok, allowed)  # filler queries: any key, never NaN
+        allowed = allowed[:, None]
+        if backend == "sdpa":
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min)
+
+    # ----------------------------------------------------------------- trace
+
+    def _build_trace(self, scores, active, kinds, grid_kwargs) -> HaltTrace:
+        kinds = kinds.cpu()
+        real = kinds != policy.KIND_PAD
+        active = active.cpu() & real
+        scores = scores.cpu().masked_fill(~real, float("nan"))
+        L, ls = self._num_layers, self.layer
+        per_layer = torch.cat([real.sum(1, keepdim=True).expand(-1, ls + 1),
+                               active.sum(1, keepdim=True).expand(-1, L - ls - 1)], 1)
+        grids = self.adapter.visual_grids(self.model, grid_kwargs, [visual_runs(row) for row in kinds])
+        c = self.config
+        return HaltTrace(layer=ls, num_layers=L, ratio=c.ratio, kv=c.kv, scope=c.scope, scores=scores,
+                         active=active, kinds=kinds, tokens_per_layer=per_layer, spans=build_spans(kinds, grids))
+
+
+def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B or 1, T, d], index long [B, A] -> [B, A, d]."""
+    B, A = index.shape
+    return x.expand(B, -1, -1).gather(1, index[..., None].expand(B, A, x.shape[-1]))
+
+
+def _scatter_tokens(frozen: torch.Tensor, index: torch.Tensor, src: torch.Tensor, valid) -> torch.Tensor:
+    """Write src [B, A, d] into a copy of frozen [B, T, d] at index [B, A]; filler slots keep frozen's values."""
+    idx = index[..., None].expand_as(src)
+    if valid is not None:
+        src = torch.where(valid[..., None], src, frozen.gather(1, idx))
+    return frozen.scatter(1, idx, src)

@@ -1,0 +1,91 @@
+"""The halting rule as pure tensor code: token kinds, eligibility, Δ scores, selection, compaction.
+
+Nothing here knows a model family or touches a module; the engine calls these functions.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "KIND_TEXT", "KIND_IMAGE", "KIND_VIDEO", "KIND_PAD", "KIND_NAMES",
+    "token_kinds", "eligible_tokens", "delta_scores", "select_halted", "compact_index",
+]
+
+KIND_TEXT, KIND_IMAGE, KIND_VIDEO, KIND_PAD = 0, 1, 2, 3
+KIND_NAMES = ("text", "image", "video", "pad")
+
+
+def token_kinds(input_ids: torch.Tensor | None, real: torch.Tensor,
+                image_token_id: int | None, video_token_id: int | None) -> torch.Tensor:
+    """Kind of every token: int8 [B, T] with values KIND_TEXT / KIND_IMAGE / KIND_VIDEO / KIND_PAD.
+
+    Args:
+        input_ids: [B, T] token ids, or None when the model got embeddings (then all real tokens are text).
+        real: bool [B, T], False at padding.
+    """
+    kinds = torch.full(real.shape, KIND_TEXT, dtype=torch.int8, device=real.device)
+    if input_ids is not None:
+        if image_token_id is not None:
+            kinds.masked_fill_(input_ids == image_token_id, KIND_IMAGE)
+        if video_token_id is not None:
+            kinds.masked_fill_(input_ids == video_token_id, KIND_VIDEO)
+    return kinds.masked_fill_(~real, KIND_PAD)
+
+
+def eligible_tokens(kinds: torch.Tensor, scope: str, protect_last: int) -> torch.Tensor:
+    """Tokens that may halt: bool [B, T].
+
+    Real tokens of the kinds ``scope`` names, minus the last ``protect_last`` real tokens of each row
+    (counted from the right, so right padding is handled too).
+    """
+    real = kinds != KIND_PAD
+    if scope == "all":
+        in_scope = real
+    elif scope == "vision":
+        in_scope = (kinds == KIND_IMAGE) | (kinds == KIND_VIDEO)
+    elif scope == "text":
+        in_scope = kinds == KIND_TEXT
+    else:
+        raise ValueError(f"scope must be one of ('all', 'vision', 'text'); got {scope!r}")
+    from_right = real.flip(1).cumsum(1).flip(1)  # 1 at the last real token, 2 before it, ...
+    protected = real & (from_right <= protect_last)
+    return in_scope & ~protected
+
+
+def delta_scores(update: torch.Tensor) -> torch.Tensor:
+    """Δ_t = ||U_t||_2 in float32: [B, T, d] -> [B, T] (no float32 copy of U is made)."""
+    return torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
+
+
+def select_halted(scores: torch.Tensor, eligible: torch.Tensor, num_halt: torch.Tensor) -> torch.Tensor:
+    """The ``num_halt[b]`` eligible tokens of row b with the smallest score: bool [B, T].
+
+    Ties go to the earlier position (stable sort). Requires ``num_halt[b] <= eligible[b].sum()``.
+
+    Args:
+        scores: float [B, T]; lower means more redundant.
+        eligible: bool [B, T].
+        num_halt: long [B].
+    """
+    masked = scores.float().masked_fill(~eligible, float("inf"))
+    order = torch.sort(masked, dim=1, stable=True).indices
+    ranks = torch.arange(scores.shape[1], device=scores.device)
+    chosen = ranks[None, :] < num_halt.to(scores.device)[:, None]
+    return torch.zeros_like(eligible).scatter_(1, order, chosen)
+
+
+def compact_index(keep: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that pack each row's kept tokens, in order, into ``width`` slots.
+
+    Rows with fewer than ``width`` kept tokens get leading filler slots (left padding), which point at
+    tokens that are not kept and are marked invalid. Indices within a row are distinct.
+
+    Args:
+        keep: bool [B, T]; every row has at most ``width`` True entries.
+    Returns:
+        index: long [B, width]; valid: bool [B, width].
+    """
+    T = keep.shape[1]
+    order = torch.sort(keep.to(torch.uint8), dim=1, stable=True).indices  # not-kept first, each group in order
+    index = order[:, T - width:]
+    return index, keep.gather(1, index)

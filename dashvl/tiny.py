@@ -1,0 +1,172 @@
+"""Tiny random models with the real transformers classes and processors, built offline.
+
+Used by the tests, the demo and the CPU benchmark: no weights or tokenizers can be downloaded here, so
+a byte-level BPE is trained on the spot and models are made from config. The weights are random (with a
+large init std so that greedy decoding does not collapse to one token); they say nothing about accuracy.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+__all__ = ["tiny_qwen2_vl", "tiny_llava", "tiny_decoder", "train_tokenizer", "sample_image"]
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] != 'user' %}</s>{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+_WORDS = ("what colour is the square circle triangle star red green blue yellow left right top bottom how many "
+          "shapes are there in this image picture is a on of one two three four five six yes no answer word "
+          "describe read text the sign says cat dog tree house sky sun small large near far below above").split()
+
+
+def _corpus(n: int = 400) -> list[str]:
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(n):
+        k = int(torch.randint(3, 12, (1,), generator=g))
+        idx = torch.randint(0, len(_WORDS), (k,), generator=g).tolist()
+        lines.append(" ".join(_WORDS[i] for i in idx) + "?")
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def train_tokenizer(family: str, vocab_size: int = 400):
+    """A ``PreTrainedTokenizerFast`` trained locally, with the special tokens ``family``'s processor expects."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    if family == "qwen2_vl":
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                       padding_side="left", chat_template=QWEN_CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side="left", chat_template=LLAVA_CHAT_TEMPLATE)
+
+
+
+
+
+def tiny_qwen2_vl(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0,
+                  init_std: float = 0.2, model_type: str = "qwen2_vl", max_pixels: int = 112 * 112):
+    """A tiny Qwen2-VL (or Qwen2.5-VL with ``model_type="qwen2_5_vl"``) and its real processor."""
+    from transformers import (Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    tok = train_tokenizer("qwen2_vl")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    heads, head_dim = 4, hidden // 4
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # must sum to head_dim / 2
+    text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+                num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=4096,
+                initializer_range=init_std, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "mrope_section": mrope},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if model_type == "qwen2_vl":
+        from transformers import Qwen2VLConfig as Config, Qwen2VLForConditionalGeneration as Model
+        vision = dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, initializer_range=init_std)
+    elif model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config, Qwen2_5_VLForConditionalGeneration as Model
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                      fullatt_block_indexes=[1], initializer_range=init_std)
+    else:
+        raise ValueError(f"model_type must be 'qwen2_vl' or 'qwen2_5_vl'; got {model_type!r}")
+    config = Config(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                    video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                    vision_end_token_id=ids["<|vision_end|>"], initializer_range=init_std, tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = Model(config).eval()
+    size = {"shortest_edge": 28 * 28 * 4, "longest_edge": max_pixels}
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=size),
+                                 video_processor=Qwen2VLVideoProcessor(size=size), tokenizer=tok,
+                                 chat_template=QWEN_CHAT_TEMPLATE)
+    return model, processor
+
+
+def tiny_llava(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0, init_std: float = 0.2,
+               text_model: str = "llama", image_size: int = 56):
+    """A tiny LLaVA-1.5 (CLIP tower, 2-layer projector, Llama / Mistral / Qwen2 text model) and its processor."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor)
+    from transformers.models.auto import CONFIG_MAPPING
+
+    tok = train_tokenizer("llava")
+    image_id = tok.convert_tokens_to_ids("<image>")
+    text = CONFIG_MAPPING[text_model](
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **({"sliding_window": None} if text_model == "mistral" else {}))
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=14, initializer_range=init_std)
+    side = image_size // 14
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=-2,
+                         image_seq_length=side * side, initializer_range=init_std, tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+    return model, processor
+
+
+def tiny_decoder(model_type: str = "llama", attn: str = "sdpa", num_layers: int = 4, hidden: int = 64,
+                 seed: int = 0, init_std: float = 0.2):
+    """A tiny text-only decoder (``llama``, ``qwen2`` or ``mistral``) and a tokenizer."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto import CONFIG_MAPPING
+
+    tok = train_tokenizer("llava")
+    config = CONFIG_MAPPING[model_type](
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False, **({"sliding_window": None} if model_type == "mistral" else {}))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval(), tok
+
+
+def sample_image(width: int = 112, height: int = 84, seed: int = 0):
+    """A PIL image of coloured blocks on a noisy background (deterministic)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    img = (torch.rand(height, width, 3, generator=g) * 60 + 100).to(torch.uint8)
+    for _ in range(3):
+        x, y = int(torch.randint(0, max(width - 24, 1), (1,), generator=g)), int(torch.randint(0, max(height - 24, 1), (1,), generator=g))
+        colour = (torch.rand(3, generator=g) * 255).to(torch.uint8)
+        img[y:y + 20, x:x + 20] = colour
+    return Image.fromarray(img.numpy())

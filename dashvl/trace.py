@@ -1,0 +1,134 @@
+"""HaltTrace: an immutable record of one prefill, with patch-grid views for visualisation."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .policy import KIND_IMAGE, KIND_NAMES, KIND_PAD, KIND_TEXT, KIND_VIDEO
+
+__all__ = ["HaltTrace", "VisualSpan"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualSpan:
+    """One image (or video) in one batch row.
+
+    Attributes:
+        row: batch row.
+        kind: ``"image"`` or ``"video"``.
+        index: position among the row's items of that kind (0 = first image of the prompt).
+        grid: ``(t, h, w)`` in LLM tokens (Qwen2-VL: merged 2x2 patches; LLaVA: 24x24 for 336 px).
+        positions: long [t * h * w], the sequence positions of its tokens in raster order (t, h, w).
+    """
+
+    row: int
+    kind: str
+    index: int
+    grid: tuple[int, int, int]
+    positions: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class HaltTrace:
+    """What DASH did in the last prefill. All tensors are on the CPU.
+
+    Attributes:
+        layer: the activation layer l_s; layers > l_s ran on active tokens only.
+        num_layers: L, the number of decoder layers.
+        ratio, kv, scope: the settings that produced it.
+        scores: float32 [B, T], Δ_t = ||U_t||_2 at l_s (NaN at padding).
+        active: bool [B, T], True for tokens processed above l_s; False for halted tokens and padding.
+        kinds: int8 [B, T], KIND_TEXT / KIND_IMAGE / KIND_VIDEO / KIND_PAD (names in ``kind_names``).
+        tokens_per_layer: long [B, L], real tokens each layer processed per row.
+        spans: the images and videos of every row with the positions of their tokens.
+    """
+
+    layer: int
+    num_layers: int
+    ratio: float
+    kv: str
+    scope: str
+    scores: torch.Tensor
+    active: torch.Tensor
+    kinds: torch.Tensor
+    tokens_per_layer: torch.Tensor
+    spans: tuple[VisualSpan, ...]
+
+    kind_names = KIND_NAMES
+
+    @property
+    def real(self) -> torch.Tensor:
+        """bool [B, T]: False at padding."""
+        return self.kinds != KIND_PAD
+
+    @property
+    def halted(self) -> torch.Tensor:
+        """bool [B, T]: real tokens that stopped at l_s."""
+        return self.real & ~self.active
+
+    def active_at(self, layer: int) -> torch.Tensor:
+        """bool [B, T]: tokens layer ``layer`` processed (padding excluded)."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers - 1}]; got {layer}")
+        return self.real if layer <= self.layer else self.active
+
+    def num_halted(self, kind: str | None = None) -> torch.Tensor:
+        """long [B]: halted tokens per row, optionally of one kind ("text", "image", "video")."""
+        halted = self.halted
+        if kind is not None:
+            halted = halted & (self.kinds == _kind_code(kind))
+        return halted.sum(1)
+
+    def span(self, image: int = 0, row: int = 0, kind: str = "image") -> VisualSpan:
+        """The ``image``-th item of ``kind`` in batch row ``row``."""
+        items = [s for s in self.spans if s.row == row and s.kind == kind]
+        if not 0 <= image < len(items):
+            raise ValueError(f"row {row} has {len(items)} {kind}(s); asked for {kind} {image}")
+        return items[image]
+
+    def patch_mask(self, image: int = 0, layer: int | None = None, row: int = 0, kind: str = "image") -> torch.Tensor:
+        """bool [t, h, w]: True where that image's token was halted at ``layer`` (default: the last layer)."""
+        span = self.span(image, row, kind)
+        layer = self.num_layers - 1 if layer is None else layer
+        return (~self.active_at(layer)[row, span.positions]).view(span.grid)
+
+    def score_grid(self, image: int = 0, row: int = 0, kind: str = "image") -> torch.Tensor:
+        """float32 [t, h, w]: Δ of that image's tokens at l_s, on its grid."""
+        span = self.span(image, row, kind)
+        return self.scores[row, span.positions].view(span.grid)
+
+
+def _kind_code(kind: str) -> int:
+    codes = {"text": KIND_TEXT, "image": KIND_IMAGE, "video": KIND_VIDEO, "pad": KIND_PAD}
+    if kind not in codes:
+        raise ValueError(f"kind must be one of {tuple(codes)}; got {kind!r}")
+    return codes[kind]
+
+
+def visual_runs(kinds_row: torch.Tensor) -> list[tuple[str, int, int]]:
+    """Maximal runs of image / video tokens in one row: ``(kind, start, length)``."""
+    runs, start = [], None
+    values = kinds_row.tolist() + [KIND_TEXT]
+    for t, k in enumerate(values):
+        if start is not None and k != values[start]:
+            runs.append((KIND_NAMES[values[start]], start, t - start))
+            start = None
+        if start is None and k in (KIND_IMAGE, KIND_VIDEO):
+            start = t
+    return runs
+
+
+def build_spans(kinds: torch.Tensor, grids_per_row: list[list[tuple]]) -> tuple[VisualSpan, ...]:
+    """Lay each row's grids over its visual runs, in order. ``kinds``: int8 [B, T] on the CPU."""
+    spans = []
+    for row in range(kinds.shape[0]):
+        positions = [torch.arange(s, s + n) for _, s, n in visual_runs(kinds[row])]
+        flat = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+        offset, counters = 0, {"image": 0, "video": 0}
+        for kind, t, h, w in grids_per_row[row]:
+            n = t * h * w
+            spans.append(VisualSpan(row, kind, counters[kind], (t, h, w), flat[offset:offset + n]))
+            counters[kind] += 1
+            offset += n
+    return tuple(spans)

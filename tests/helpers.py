@@ -1,0 +1,165 @@
+"""Tiny models, inputs and the slow reference the tests compare dashvl against."""
+from __future__ import annotations
+
+import torch
+
+from dashvl.tiny import sample_image, tiny_decoder, tiny_llava, tiny_qwen2_vl
+
+FAMILIES = ("qwen2_vl", "llava", "llama")
+NEW_TOKENS = 8
+
+
+BUILT: dict = {}
+
+
+def build(family: str, attn: str = "sdpa"):
+    """(model, processor_or_tokenizer) with EOS disabled so every row generates exactly NEW_TOKENS. Cached."""
+    if (family, attn) not in BUILT:
+        BUILT[family, attn] = _build(family, attn)
+    return BUILT[family, attn]
+
+
+def _build(family: str, attn: str):
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        model, proc = tiny_qwen2_vl(attn=attn, model_type=family)
+    elif family == "llava":
+        model, proc = tiny_llava(attn=attn)
+    else:
+        model, proc = tiny_decoder(family, attn=attn)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = model.config.get_text_config().pad_token_id
+    return model, proc
+
+
+PROMPTS = ["what colour is the square?", "how many shapes are there in this picture on the left of the tree?",
+           "read the sign"]
+
+
+def make_inputs(family: str, batch: int = 1, images: int = 1):
+    """Processor outputs for ``batch`` prompts of different lengths (left padded), each with ``images`` images
+    interleaved with text, images of different sizes and aspect ratios."""
+    _, proc = build(family)
+    texts, pics = [], []
+    for b in range(batch):
+        words = PROMPTS[b % len(PROMPTS)]
+        if family == "llama":
+            texts.append(words + " " + " ".join(["describe the image"] * b))
+            continue
+        content = []
+        for i in range(images):
+            content += [{"type": "text", "text": f"picture {i}:"}, {"type": "image"}]
+            pics.append(sample_image(width=56 + 28 * ((b + i) % 3), height=56 + 28 * ((b + 2 * i) % 2), seed=b * 7 + i))
+        content.append({"type": "text", "text": words})
+        texts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
+    if family == "llama":
+        return dict(proc(texts, return_tensors="pt", padding=True))
+    return dict(proc(text=texts, images=pics, return_tensors="pt", padding=True))
+
+
+def layers_of(model):
+    return model.model.language_model.layers if hasattr(model.model, "language_model") else model.model.layers
+
+
+def reference_halted(scores, real, kinds_visual, ratio, scope="all", protect_last=1, start=0):
+    """The DASH rule written plainly: per row, the floor(ratio * n) eligible tokens with the smallest score,
+    ties to the earlier position. Only positions >= ``start`` (the new prompt tokens) are candidates."""
+    B, T = scores.shape
+    halted = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        real_pos = [t for t in range(start, T) if real[b, t]]
+        protected = set(real_pos[-protect_last:])
+        cand = [t for t in real_pos if t not in protected and
+                (scope == "all" or (scope == "vision") == bool(kinds_visual[b, t]))]
+        k = int(ratio * len(cand) + 1e-9)
+        for t in sorted(cand, key=lambda t: (float(scores[b, t]), t))[:k]:
+            halted[b, t] = True
+    return halted
+
+
+class Reference:
+    """Full-length DASH without gathering or cache: layers above ``layer`` see halted tokens masked as queries
+    (their output is reset to the frozen state of layer ``layer``) and, for kv="drop", masked as keys."""
+
+    def __init__(self, model, layer: int, kv: str):
+        self.model, self.layer, self.kv = model, layer, kv
+        self.layers = layers_of(model)
+
+    @torch.no_grad()
+    def scores(self, inputs) -> torch.Tensor:
+        """Δ at the activation layer from an unmodified full forward: float32 [B, T]."""
+        out = {}
+
+        def keep(module, args, output):
+            out["u"] = output[0].float().norm(dim=-1)
+
+        hook = self.layers[self.layer].self_attn.register_forward_hook(keep)
+        try:
+            self.model(**inputs, use_cache=False)
+        finally:
+            hook.remove()
+        return out["u"]
+
+    @torch.no_grad()
+    def logits(self, inputs, halted: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] of the full-length forward with ``halted`` (bool [B, S]) frozen from layer+1 on."""
+        real = inputs["attention_mask"].bool()
+        B, S = real.shape
+        key_ok = real & (~halted if self.kv == "drop" else torch.ones_like(halted))
+        causal = torch.ones(S, S, dtype=torch.bool).tril()
+        allowed = key_ok[:, None, :] & causal[None]
+        allowed |= torch.eye(S, dtype=torch.bool)[None]  # halted rows: self only, never an empty row
+        mask = torch.zeros(B, 1, S, S).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+        frozen = {}
+
+        def freeze(module, args, output):
+            frozen["h"] = output
+
+        hooks = [self.layers[self.layer].register_forward_hook(freeze)]
+        for layer in self.layers[self.layer + 1:]:
+            hooks.append(layer.register_forward_pre_hook(
+                lambda m, a, k: (a, {**k, "attention_mask": mask}), with_kwargs=True))
+            hooks.append(layer.register_forward_hook(
+                lambda m, a, o: torch.where(halted[..., None], frozen["h"], o)))
+        try:
+            return self.model(**inputs, use_cache=False).logits
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def greedy(self, inputs, halted_prompt: torch.Tensor, steps: int = NEW_TOKENS):
+        """Greedy decoding by full re-runs; generated tokens never halt. Returns (tokens [B, steps], logits list)."""
+        inputs = dict(inputs)
+        tokens, logits = [], []
+        for _ in range(steps):
+            S = inputs["input_ids"].shape[1]
+            halted = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool)
+            halted[:, :halted_prompt.shape[1]] = halted_prompt
+            last = self.logits(inputs, halted)[:, -1]
+            nxt = last.argmax(-1)
+            tokens.append(nxt)
+            logits.append(last)
+            inputs = extend(inputs, nxt)
+        return torch.stack(tokens, 1), logits
+
+
+def extend(inputs: dict, nxt: torch.Tensor) -> dict:
+    """Append one token per row to processor outputs (ids, mask and, for Qwen2-VL, token types)."""
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([inputs["input_ids"], nxt[:, None]], 1)
+    out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)[:, None]], 1)
+    if "mm_token_type_ids" in inputs:
+        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(nxt)[:, None]], 1)
+    return out
+
+
+def visual_kinds(model, input_ids):
+    cfg = model.config
+    ids = [getattr(cfg, "image_token_id", None), getattr(cfg, "video_token_id", None)]
+    return sum((input_ids == i) for i in ids if i is not None).bool() if any(i is not None for i in ids) \
+        else torch.zeros_like(input_ids, dtype=torch.bool)
+
+
+@torch.no_grad()
+def generate(model, inputs, **kw):
+    return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
+                          return_dict_in_generate=True, **kw)

@@ -1,0 +1,112 @@
+"""ratio > 0 equals the slow full-length reference: same halted tokens, logits, greedy tokens."""
+import pytest
+import torch
+
+import dashvl
+from helpers import FAMILIES, Reference, build, generate, layers_of, make_inputs, reference_halted, visual_kinds
+
+ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order
+
+
+def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope="all", images=1):
+    model, _ = build(family, attn)
+    inputs = make_inputs(family, batch, images)
+    ref = Reference(model, layer, kv)
+    real = inputs["attention_mask"].bool()
+    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), ratio, scope)
+    assert halted.any()
+    ref_tokens, ref_logits = ref.greedy(inputs, halted)
+
+    with dashvl.compress(model, ratio=ratio, layer=layer, kv=kv, scope=scope) as h:
+        out = generate(model, inputs)
+        trace = h.trace
+    assert torch.equal(trace.halted, halted)
+    assert torch.equal(trace.active, real & ~halted)
+    T = inputs["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, T:], ref_tokens)
+    for step, (got, want) in enumerate(zip(out.logits, ref_logits)):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=f"step {step}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_matches_reference(family, attn, batch, kv):
+    _check_against_reference(family, attn, batch, kv)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("scope", ["vision", "text"])
+def test_scopes_match_reference(family, scope):
+    _check_against_reference(family, "sdpa", 3, "drop", ratio=0.75, scope=scope, images=2)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_other_layers_and_high_ratio(layer):
+    _check_against_reference("qwen2_vl", "sdpa", 3, "keep", ratio=0.9, layer=layer)
+
+
+def test_qwen2_5_vl_matches_reference():
+    _check_against_reference("qwen2_5_vl", "sdpa", 3, "drop", images=2)
+    _check_against_reference("qwen2_5_vl", "eager", 1, "keep")
+
+
+def test_plain_forward_without_cache_matches_reference():
+    for kv in ("drop", "keep"):
+        model, _ = build("qwen2_vl")
+        inputs = make_inputs("qwen2_vl", 3)
+        ref = Reference(model, 1, kv)
+        real = inputs["attention_mask"].bool()
+        halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
+        want = ref.logits(inputs, halted)
+        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+            got = model(**inputs, use_cache=False).logits
+        torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_halted_layers_process_only_active_tokens(family):
+    """Counted at the query projections, not in the engine's bookkeeping."""
+    model, _ = build(family)
+    inputs = make_inputs(family, 1)
+    T = inputs["input_ids"].shape[1]
+    seen = {}
+
+    def counter(i):
+        def hook(module, args, output):
+            seen[i] = args[0].shape[-2]
+        return hook
+
+    hooks = [layer.self_attn.q_proj.register_forward_hook(counter(i)) for i, layer in enumerate(layers_of(model))]
+    try:
+        with dashvl.compress(model, ratio=0.75, layer=1) as h, torch.no_grad():
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    n_halt = int(0.75 * (T - 1))
+    assert [seen[i] for i in range(len(seen))] == [T, T] + [T - n_halt] * (len(seen) - 2)
+    assert h.trace.tokens_per_layer.tolist() == [[T, T] + [T - n_halt] * (len(seen) - 2)]
+    # the halted ones are exactly the lowest-Δ eligible tokens
+    order = torch.sort(h.trace.scores[0, :-1], stable=True).indices
+    assert torch.equal(torch.where(h.trace.halted[0])[0], order[:n_halt].sort().values)
+
+
+def test_batch_rows_use_max_active_slots():
+    model, _ = build("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", 3)
+    seen = []
+
+    def shape(module, args, output):
+        seen.append(tuple(args[0].shape[:2]))
+
+    hook = layers_of(model)[3].self_attn.q_proj.register_forward_hook(shape)
+    try:
+        with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    active = h.trace.active.sum(1)
+    assert seen == [(3, int(active.max()))]
+    assert len(set(active.tolist())) > 1  # rows really differ
