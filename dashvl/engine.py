@@ -23,7 +23,7 @@ import weakref
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from . import policy
 from .adapters import SUPPORTED_ATTENTION, Adapter
@@ -31,6 +31,10 @@ from .config import DashConfig
 from .trace import HaltTrace, build_spans, visual_runs
 
 __all__ = ["DashHandle"]
+
+# Cache layers that grow by concatenation. Sliding ones behave the same while the sequence fits in the
+# window, which the first-layer hook enforces.
+_DYNAMIC_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 class _Session:
@@ -218,10 +222,9 @@ class DashHandle:
         past = 0
         if cache is not None:
             if not isinstance(cache, DynamicCache) or \
-                    any(type(layer) is not DynamicLayer for layer in cache.layers[self.layer + 1:]):
-                raise ValueError(f"{type(cache).__name__} is not supported: dashvl needs a DynamicCache with full "
-                                 "attention layers (halted layers keep shorter caches); static, sliding and "
-                                 "quantized caches are not")
+                    any(type(layer) not in _DYNAMIC_LAYERS for layer in cache.layers[self.layer + 1:]):
+                raise ValueError(f"{type(cache).__name__} is not supported: dashvl needs a DynamicCache "
+                                 "(halted layers keep shorter caches); static and quantized caches are not")
             past = cache.get_seq_length()
             if past == 0:
                 self._sessions.pop(cache, None)

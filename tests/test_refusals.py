@@ -1,0 +1,150 @@
+"""Every refusal raises a clear error naming what is allowed, and leaves the model untouched."""
+import pytest
+import torch
+
+import dashvl
+from dashvl.tiny import tiny_decoder
+from helpers import build, make_inputs
+
+
+def _hooks(model):
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(ratio=1.0), r"ratio must be a number in \[0, 1\)"),
+    (dict(ratio=-0.1), r"ratio must be a number in \[0, 1\)"),
+    (dict(ratio="0.5"), r"ratio must be a number"),
+    (dict(ratio=True), r"ratio must be a number"),
+    (dict(layer=-1), r"layer must be an int >= 0 or a float in \(0, 1\)"),
+    (dict(layer=1.5), r"float .* must lie in \(0, 1\)"),
+    (dict(layer=3), r"layer must be in \[0, 2\] for this model \(4 decoder layers\)"),
+    (dict(layer="2"), r"layer must be an int"),
+    (dict(kv="cache"), r"kv must be one of \('drop', 'keep'\)"),
+    (dict(scope="image"), r"scope must be one of \('all', 'vision', 'text'\)"),
+    (dict(protect_last=0), r"protect_last must be an int >= 1"),
+])
+def test_bad_settings(settings, match):
+    model, _ = build("qwen2_vl")
+    before = _hooks(model)
+    with pytest.raises(ValueError, match=match):
+        dashvl.compress(model, **settings)
+    assert _hooks(model) == before
+
+
+def test_layer_fraction_resolves_against_depth():
+    model, _ = build("qwen2_vl")
+    assert dashvl.compress(model, ratio=0.5, layer=0.5).layer == 2
+    assert dashvl.compress(model, ratio=0.5, layer=0.99).layer == 2  # clamped to L - 2
+
+
+def test_unsupported_model_type():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match=r"model type 'gpt2'.*supported: qwen2_vl, qwen2_5_vl, llava, llama"):
+        dashvl.compress(model)
+    assert _hooks(model) == 0
+
+
+def test_unsupported_attention_backend():
+    model, _ = tiny_decoder("llama", attn="sdpa")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match=r"'flex_attention' is not supported.*sdpa, eager, flash_attention_2"):
+        dashvl.compress(model)
+    assert _hooks(model) == 0
+
+
+def test_keep_refused_with_flash_attention():
+    model, _ = tiny_decoder("llama", attn="sdpa")
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match=r"kv='keep'.*flash_attention_2.*kv='drop'"):
+        dashvl.compress(model, kv="keep")
+    dashvl.compress(model, kv="drop")  # drop is fine there
+    dashvl.restore(model)
+
+
+def test_backend_switched_after_compress_is_refused_at_call():
+    model, tok = tiny_decoder("llama")
+    dashvl.compress(model, ratio=0.5, layer=1)
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="not supported"):
+        model(**tok(["what colour is the sky"], return_tensors="pt"))
+
+
+def test_static_cache_is_refused():
+    model, tok = build("llama")
+    inputs = make_inputs("llama")
+    dashvl.compress(model, ratio=0.5, layer=1)
+    with pytest.raises(ValueError, match=r"StaticCache is not supported: dashvl needs a DynamicCache"):
+        model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
+    model.generation_config.cache_implementation = "static"
+    try:
+        with pytest.raises(ValueError, match=r"cache_implementation='static' is not supported"):
+            dashvl.compress(model, ratio=0.5, layer=1)
+    finally:
+        model.generation_config.cache_implementation = None
+
+
+def test_chunked_prefill_is_refused():
+    model, _ = build("llama")
+    inputs = make_inputs("llama")
+    model.generation_config.prefill_chunk_size = 4
+    try:
+        with pytest.raises(ValueError, match=r"chunked prefill .* is not supported"):
+            dashvl.compress(model, ratio=0.5)
+    finally:
+        model.generation_config.prefill_chunk_size = None
+    dashvl.compress(model, ratio=0.5, layer=1)
+    model.generation_config.prefill_chunk_size = 4
+    try:
+        with pytest.raises(ValueError, match=r"chunked prefill"):
+            model.generate(**inputs, max_new_tokens=2)
+    finally:
+        model.generation_config.prefill_chunk_size = None
+
+
+def test_sliding_window_beyond_the_window_is_refused():
+    model, tok = tiny_decoder("mistral")
+    model.config.sliding_window = 8
+    dashvl.compress(model, ratio=0.5, layer=1)
+    with torch.no_grad():
+        model(**tok(["red square"], return_tensors="pt"))  # within the window: fine
+        with pytest.raises(ValueError, match=r"sliding-window attention \(window 8\).*has \d+ tokens"):
+            model(**tok(["what colour is the square on the left of the big tree"], return_tensors="pt"))
+
+
+def test_hidden_state_outputs_are_refused():
+    model, _ = build("llama")
+    inputs = make_inputs("llama")
+    dashvl.compress(model, ratio=0.5, layer=1)
+    with pytest.raises(ValueError, match=r"output_hidden_states / output_attentions .* handle.trace"):
+        model(**inputs, output_hidden_states=True)
+
+
+def test_compiled_model_is_refused():
+    model, _ = build("llama")
+    with pytest.raises(ValueError, match=r"before torch.compile"):
+        dashvl.compress(torch.compile(model))
+
+
+def test_foreign_cache_is_refused():
+    """A cache filled by the unmodified model has full-length halted layers; one from another ratio does not."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama")
+    with dashvl.compress(model, ratio=0.5, layer=1):
+        out = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True)
+    other = dashvl.compress(model, ratio=0.5, layer=2)
+    nxt = torch.cat([out.sequences, out.sequences[:, -1:]], 1)
+    mask = torch.ones_like(nxt)
+    with pytest.raises(RuntimeError, match=r"this cache was not built by this compressed model"):
+        model(input_ids=nxt[:, -2:], attention_mask=mask, cache=out.past_key_values)
+    other.remove()
+
+
+def test_four_dim_mask_is_refused():
+    model, _ = build("llama")
+    inputs = make_inputs("llama")
+    dashvl.compress(model, ratio=0.5, layer=1)
+    T = inputs["input_ids"].shape[1]
+    with pytest.raises(ValueError, match=r"2-D attention_mask"):
+        model(input_ids=inputs["input_ids"], attention_mask=torch.ones(1, 1, T, T))
