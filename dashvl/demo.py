@@ -1,0 +1,93 @@
+"""``python -m dashvl.demo``: compress a VLM, generate, and print what DASH halted per layer.
+
+Without ``--model`` it runs offline on a tiny random-weight Qwen2-VL built from config (its answers are
+noise; the halting bookkeeping is real). With ``--model`` it loads a hub id or local path.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import dashvl
+
+
+def _load(args):
+    if args.model is None:
+        from dashvl.tiny import tiny_qwen2_vl
+        model, processor = tiny_qwen2_vl(num_layers=8, max_pixels=224 * 224)
+        model.generation_config.eos_token_id = None
+        return model, processor, "tiny random Qwen2-VL (8 layers, built offline from config)"
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa",
+                                                        device_map="auto" if torch.cuda.is_available() else None)
+    return model.eval(), AutoProcessor.from_pretrained(args.model), args.model
+
+
+def _image(path):
+    from PIL import Image, UnidentifiedImageError
+    if path is None:
+        from dashvl.tiny import sample_image
+        return sample_image(224, 168, seed=3)
+    try:
+        return Image.open(path).convert("RGB")
+    except FileNotFoundError:
+        raise SystemExit(f"image not found: {path}")
+    except UnidentifiedImageError:
+        raise SystemExit(f"not an image file (PNG, JPEG, ... expected): {path}")
+
+
+def _grid_text(mask: torch.Tensor) -> str:
+    """'#' halted, '.' active, one text row per grid row (first frame)."""
+    return "\n".join("    " + "".join("#" if v else "." for v in row) for row in mask[0].tolist())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="hub id or local path (default: tiny random Qwen2-VL, offline)")
+    p.add_argument("--image", help="image file (default: a generated picture)")
+    p.add_argument("--prompt", default="what colour is the square?")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--layer", type=float, default=2)
+    p.add_argument("--kv", default="drop", choices=["drop", "keep"])
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    args = p.parse_args(argv)
+    if not args.prompt.strip():
+        raise SystemExit("the prompt is empty: pass --prompt 'a question about the image'")
+    layer = int(args.layer) if float(args.layer).is_integer() else args.layer
+    config = dashvl.DashConfig(ratio=args.ratio, layer=layer, kv=args.kv)  # validates before loading
+
+    model, processor, name = _load(args)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[_image(args.image)], return_tensors="pt").to(model.device)
+    T = inputs["input_ids"].shape[1]
+
+    def run():
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        return processor.batch_decode(out[:, T:], skip_special_tokens=True)[0], time.perf_counter() - start
+
+    print(f"model: {name}\nprompt: {args.prompt!r} ({T} tokens)\n")
+    plain, t_plain = run()
+    with dashvl.compress(model, config) as handle:
+        halted_answer, t_dash = run()
+        trace = handle.trace
+    print(f"unmodified : {plain!r}  ({t_plain * 1000:.0f} ms)")
+    print(f"DASH       : {halted_answer!r}  ({t_dash * 1000:.0f} ms)  {handle!r}\n")
+    print("tokens processed per layer:")
+    for i, n in enumerate(trace.tokens_per_layer[0].tolist()):
+        print(f"  layer {i:2d}: {n:5d} {'#' * max(1, round(40 * n / T))}")
+    for kind in ("text", "image"):
+        total = int((trace.kinds[0] == trace.kind_names.index(kind)).sum())
+        print(f"{kind} tokens halted: {int(trace.num_halted(kind)[0])} of {total}")
+    for span in trace.spans:
+        print(f"\nimage {span.index}, grid {span.grid[1]}x{span.grid[2]} ('#' = halted above layer {trace.layer}):")
+        print(_grid_text(trace.patch_mask(image=span.index)))
+
+
+if __name__ == "__main__":
+    main()
