@@ -196,6 +196,8 @@ class DashHandle:
             if any(num_halt):
                 n_active = [r - h for r, h in zip(n_real, num_halt)]
                 call.num_halt = num_halt
+                # the same counts on the device, computed there: a host-to-device copy would wait for the GPU
+                call.num_halt_t = (eligible.sum(1).double() * cfg.ratio + 1e-9).floor().long()
                 call.eligible = eligible
                 call.width = max(n_active)                       # slots per row above l_s
                 call.all_valid = min(n_active) == call.width     # no filler slots anywhere
@@ -247,8 +249,7 @@ class DashHandle:
             return None  # decode steps: generated tokens never halt
         call.scores = policy.delta_scores(output[0] if isinstance(output, tuple) else output)
         if call.num_halt is not None:
-            num_halt = torch.tensor(call.num_halt, device=call.scores.device)
-            halted = policy.select_halted(call.scores, call.eligible, num_halt)
+            halted = policy.select_halted(call.scores, call.eligible, call.num_halt_t)
             call.active = call.real & ~halted
             call.index, call.valid = policy.compact_index(call.active, call.width)
             if self.config.kv == "keep":

@@ -70,7 +70,7 @@ def select_halted(scores: torch.Tensor, eligible: torch.Tensor, num_halt: torch.
     masked = scores.float().masked_fill(~eligible, float("inf"))
     order = torch.sort(masked, dim=1, stable=True).indices
     ranks = torch.arange(scores.shape[1], device=scores.device)
-    chosen = ranks[None, :] < num_halt.to(scores.device)[:, None]
+    chosen = ranks[None, :] < num_halt[:, None]
     return torch.zeros_like(eligible).scatter_(1, order, chosen)
 
 
