@@ -9,7 +9,8 @@
 from .api import compress, get_handle, restore
 from .config import DashConfig
 from .engine import DashHandle
+from .models import load_model
 from .trace import HaltTrace, VisualSpan
 
-__all__ = ["compress", "restore", "get_handle", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan"]
+__all__ = ["compress", "restore", "get_handle", "load_model", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan"]
 __version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Loading models by bundled name, local path or hub id: ``load_model(name) -> (model, processor)``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["load_model", "BUNDLED", "DEFAULT_MODEL", "TINY_RANDOM"]
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+# Bundled trained models: name -> folder under assets/models/ (save_pretrained layout).
+BUNDLED = {
+    "qwen2-vl-synth": ASSETS / "qwen2-vl-synth",
+    "llava-synth": ASSETS / "llava-synth",
+}
+# Built on the spot from config, random weights: always available, offline, answers are noise.
+TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava")
+
+
+def _default() -> str:
+    path = BUNDLED["qwen2-vl-synth"]
+    return "qwen2-vl-synth" if (path / "config.json").exists() else "tiny-random-qwen2-vl"
+
+
+DEFAULT_MODEL = _default()
+
+
+def load_model(name: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+               attn_implementation: str = "sdpa"):
+    """``(model, processor)`` in eval mode.
+
+    Args:
+        name: a bundled name (``BUNDLED``), ``tiny-random-qwen2-vl`` / ``tiny-random-llava``, a local folder
+            in ``save_pretrained`` layout, or a hub id. None: ``DEFAULT_MODEL``.
+        device: default ``cuda`` when available, else ``cpu``.
+        dtype: default bfloat16 on the GPU, float32 on the CPU.
+    """
+    name = str(name) if name is not None else DEFAULT_MODEL
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name in TINY_RANDOM:
+        from .tiny import tiny_llava, tiny_qwen2_vl
+        build = tiny_qwen2_vl if name.endswith("qwen2-vl") else tiny_llava
+        model, processor = build(attn=attn_implementation)
+        return model.to(device).eval(), processor
+    if name in BUNDLED:
+        path = BUNDLED[name]
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"bundled model {name!r} is missing at {path}; reinstall dashvl from the "
+                                    f"repository, or use one of {TINY_RANDOM}")
+        name = str(path)
+    elif not os.path.isdir(name) and (name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1):
+        raise FileNotFoundError(f"no model folder at {name!r}")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+        processor = AutoProcessor.from_pretrained(name)
+    except OSError as err:
+        raise OSError(f"could not load {name!r}: not a bundled name ({', '.join(BUNDLED)}), a local model folder, "
+                      f"or a reachable hub id ({err})") from err
+    return model.to(device).eval(), processor
