@@ -55,56 +55,59 @@ def text_config(model):
     return model.config.get_text_config(decoder=True)
 
 
-def median_ms(fn, reps: int, warmup: int, cuda: bool) -> tuple[float, float]:
-    """Median time of ``fn()`` in ms (CUDA events on the GPU), and the median host time to issue it.
-
-    On the GPU a host time close to the device time means the prefill is bound by Python / launches.
-    """
-    for _ in range(warmup):
+def _timed(fn, cuda: bool) -> tuple[float, float]:
+    """(device ms, host ms to issue) of one call of ``fn``; equal on the CPU."""
+    if not cuda:
+        t0 = time.perf_counter()
         fn()
-    times, host = [], []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1000)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
-            host.append(times[-1])
-    return statistics.median(times), statistics.median(host)
+        ms = (time.perf_counter() - t0) * 1000
+        return ms, ms
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    t0 = time.perf_counter()
+    fn()
+    host = (time.perf_counter() - t0) * 1000
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end), host
 
 
 def time_settings(model, make_call, settings, reps, warmup, cuda):
-    """Time the unmodified model and each DASH setting; returns rows of dicts.
+    """Time the unmodified model and each DASH setting, round-robin so that clock or load drift hits all alike.
 
-    ``make_call()`` returns a no-arg function running one prefill. ``settings``: dicts for compress().
+    ``make_call()`` returns a no-arg function running one prefill; ``settings``: dicts for compress().
+    Returns one row per setting: median device ms, median host ms to issue the call (on the GPU, a host time
+    close to the device time means the prefill is bound by Python and launches), speedup, FLOPs limit.
     """
-    rows = []
     call = make_call()
+    variants = [None] + list(settings)
+    samples = {i: [] for i in range(len(variants))}
+    limits = {0: 1.0}
     with torch.no_grad():
-        if cuda:  # let the clocks ramp up before the first timed setting
+        if cuda:  # let the clocks ramp up before timing
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 3:
                 call()
             torch.cuda.synchronize()
-        base, host = median_ms(call, reps, warmup, cuda)
-        rows.append(dict(setting="unmodified", ms=base, host_ms=host, speedup=1.0, limit=1.0))
-        for s in settings:
-            with dashvl.compress(model, **s) as handle:
-                ms, host = median_ms(call, reps, warmup, cuda)
-                limit = flops_speedup(text_config(model), handle.trace)
-            rows.append(dict(setting=" ".join(f"{k}={v}" for k, v in s.items()), ms=ms, host_ms=host,
-                             speedup=base / ms, limit=limit))
-        again, host = median_ms(call, reps, warmup, cuda)
-        rows.append(dict(setting="unmodified (again)", ms=again, host_ms=host, speedup=base / again, limit=1.0))
+        for rep in range(warmup + reps):
+            for i, s in enumerate(variants):
+                if s is None:
+                    timing = _timed(call, cuda)
+                else:
+                    with dashvl.compress(model, **s) as handle:
+                        timing = _timed(call, cuda)
+                        if rep == 0:
+                            limits[i] = flops_speedup(text_config(model), handle.trace)
+                if rep >= warmup:
+                    samples[i].append(timing)
+    base = statistics.median(t for t, _ in samples[0])
+    rows = []
+    for i, s in enumerate(variants):
+        ms = statistics.median(t for t, _ in samples[i])
+        host = statistics.median(h for _, h in samples[i])
+        name = "unmodified" if s is None else " ".join(f"{k}={v}" for k, v in s.items())
+        rows.append(dict(setting=name, ms=ms, host_ms=host, speedup=base / ms, limit=limits[i]))
     return rows
 
 

@@ -32,6 +32,7 @@ def main(argv=None, **defaults):
     p.add_argument("--ratios", default="0,0.5,0.75,0.9")
     p.add_argument("--layers", default="2")
     p.add_argument("--kv", default="drop,keep")
+    p.add_argument("--methods", default="dash", help="comma list of dash, random, fastv")
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -59,9 +60,10 @@ def main(argv=None, **defaults):
             return lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1)
 
         checks = check(model, ids)
-        settings = [dict(ratio=float(r), layer=int(l), kv=kv) for l in args.layers.split(",")
+        settings = [dict(method=m, ratio=float(r), layer=int(l), kv=kv, scope="all")
+                    for m in args.methods.split(",") for l in args.layers.split(",")
                     for kv in args.kv.split(",") for r in args.ratios.split(",")
-                    if not (float(r) == 0 and kv == "keep")]
+                    if not (float(r) == 0 and (kv == "keep" or m != "dash"))]
         rows = time_settings(model, make_call, settings, args.reps, args.warmup, cuda=cuda)
         print(f"\n## {args.model}, {T} tokens, {args.attn}, checks: {checks}\n\n{markdown(rows)}", flush=True)
         results.append(dict(tokens=T, checks=checks, rows=rows))

@@ -4,10 +4,14 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
-__all__ = ["DashConfig", "KV_MODES", "SCOPES"]
+__all__ = ["DashConfig", "KV_MODES", "SCOPES", "METHODS"]
 
 KV_MODES = ("drop", "keep")
 SCOPES = ("all", "vision", "text")
+# How tokens are scored at the activation layer (lowest halts); see policy.SCORERS.
+METHODS = ("dash", "random", "fastv")
+# Each method's scope when none is given: FastV ranks image tokens only.
+DEFAULT_SCOPE = {"dash": "all", "random": "all", "fastv": "vision"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,18 +25,32 @@ class DashConfig:
         kv: ``"drop"`` (halted tokens are neither queries nor keys above l_s; the paper) or
             ``"keep"`` (halted tokens still serve as keys/values, from their frozen state).
         scope: which tokens may halt: ``"all"`` (the paper), ``"vision"`` (image/video tokens) or
-            ``"text"``.
+            ``"text"``. None: the method's default (``"vision"`` for FastV, else ``"all"``).
         protect_last: the last N real prompt tokens of each row never halt (N >= 1: the last
             token's logits are the output of prefill).
+        method: the score that ranks tokens: ``"dash"`` (Δ = ||U||₂), ``"random"`` (uniform, seeded) or
+            ``"fastv"`` (attention the last token pays each token at l_s, averaged over heads).
+        seed: the seed of ``"random"``.
     """
 
     ratio: float = 0.5
     layer: int | float = 2
     kv: str = "drop"
-    scope: str = "all"
+    scope: str | None = None
     protect_last: int = 1
+    method: str = "dash"
+    seed: int = 0
 
     def __post_init__(self):
+        if self.method == "downsample":
+            raise ValueError("method='downsample' resizes images before the model sees them: use "
+                             "dashvl.baselines.downsample(model, processor, ratio) instead of compress()")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        if self.scope is None:
+            object.__setattr__(self, "scope", DEFAULT_SCOPE[self.method])
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an int; got {self.seed!r}")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be a number in [0, 1) (the fraction of eligible tokens that halt); got {self.ratio!r}")
         if isinstance(self.layer, bool) or not isinstance(self.layer, numbers.Real):

@@ -98,6 +98,9 @@ class DashHandle:
                 layers[0].register_forward_pre_hook(self._on_first_layer, with_kwargs=True),
                 layers[ls].self_attn.register_forward_hook(self._on_activation_attention),
             ]
+            if self.config.method == "fastv":
+                self._hooks.append(layers[ls].self_attn.register_forward_pre_hook(
+                    self._on_activation_attention_input, with_kwargs=True))
             for i in range(ls + 1, self._num_layers):
                 hook = functools.partial(self._on_halted_layer, i)
                 self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
@@ -133,8 +136,8 @@ class DashHandle:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"DashHandle(ratio={c.ratio}, layer={self.layer}/{self._num_layers}, kv={c.kv!r}, "
-                f"scope={c.scope!r}, active={self.active})")
+        return (f"DashHandle(method={c.method!r}, ratio={c.ratio}, layer={self.layer}/{self._num_layers}, "
+                f"kv={c.kv!r}, scope={c.scope!r}, active={self.active})")
 
     # ----------------------------------------------------------------- checks shared with compress()
 
@@ -243,11 +246,31 @@ class DashHandle:
         call.cache, call.past_len = cache, past
         return None
 
+    def _on_activation_attention_input(self, module, args, kwargs):
+        """FastV: score tokens by the attention the last real token pays them at l_s."""
+        call = self._call
+        if call is None or call.T <= 1:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cos, sin = kwargs["position_embeddings"]
+        positions = torch.arange(call.T, device=hidden.device)
+        last = torch.where(call.real, positions, -1).max(1).values  # the last real token of each row
+        query, keys = self.adapter.last_query_and_keys(module, hidden, cos, sin, last)
+        key_ok = call.real & (positions[None, :] <= last[:, None])
+        scaling = getattr(module, "scaling", module.head_dim ** -0.5)
+        call.scores = policy.fastv_scores(query, keys, key_ok, scaling)
+        return None
+
     def _on_activation_attention(self, module, args, output):
         call = self._call
         if call is None or call.T <= 1:
             return None  # decode steps: generated tokens never halt
-        call.scores = policy.delta_scores(output[0] if isinstance(output, tuple) else output)
+        method = self.config.method
+        if method == "dash":
+            call.scores = policy.delta_scores(output[0] if isinstance(output, tuple) else output)
+        elif method == "random":
+            call.scores = policy.random_scores((call.B, call.T), self.config.seed, call.real.device)
+        # fastv: scored by the pre-hook above
         if call.num_halt is not None:
             halted = policy.select_halted(call.scores, call.eligible, call.num_halt_t)
             call.active = call.real & ~halted
@@ -367,8 +390,9 @@ class DashHandle:
                                active.sum(1, keepdim=True).expand(-1, L - ls - 1)], 1)
         grids = self.adapter.visual_grids(self.model, grid_kwargs, [visual_runs(row) for row in kinds])
         c = self.config
-        return HaltTrace(layer=ls, num_layers=L, ratio=c.ratio, kv=c.kv, scope=c.scope, scores=scores,
-                         active=active, kinds=kinds, tokens_per_layer=per_layer, spans=build_spans(kinds, grids))
+        return HaltTrace(layer=ls, num_layers=L, ratio=c.ratio, kv=c.kv, scope=c.scope, method=c.method,
+                         scores=scores, active=active, kinds=kinds, tokens_per_layer=per_layer,
+                         spans=build_spans(kinds, grids))
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

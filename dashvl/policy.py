@@ -8,7 +8,8 @@ import torch
 
 __all__ = [
     "KIND_TEXT", "KIND_IMAGE", "KIND_VIDEO", "KIND_PAD", "KIND_NAMES",
-    "token_kinds", "eligible_tokens", "delta_scores", "select_halted", "compact_index",
+    "token_kinds", "eligible_tokens", "delta_scores", "random_scores", "fastv_scores", "select_halted",
+    "compact_index",
 ]
 
 KIND_TEXT, KIND_IMAGE, KIND_VIDEO, KIND_PAD = 0, 1, 2, 3
@@ -55,6 +56,30 @@ def eligible_tokens(kinds: torch.Tensor, scope: str, protect_last: int) -> torch
 def delta_scores(update: torch.Tensor) -> torch.Tensor:
     """Δ_t = ||U_t||_2 in float32: [B, T, d] -> [B, T] (no float32 copy of U is made)."""
     return torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
+
+
+def random_scores(shape: tuple[int, int], seed: int, device) -> torch.Tensor:
+    """Uniform scores [B, T] from a generator seeded with ``seed`` on ``device`` (random halting)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.rand(shape, generator=g, device=device)
+
+
+def fastv_scores(query: torch.Tensor, keys: torch.Tensor, key_ok: torch.Tensor, scaling: float) -> torch.Tensor:
+    """FastV's rank: the attention one query (the last prompt token) pays each key, averaged over heads.
+
+    Computed from one attention row, so no attention matrix is materialised and SDPA stays usable.
+
+    Args:
+        query: [B, H, 1, hd] (RoPE applied); keys: [B, KV, T, hd] (RoPE applied; KV divides H).
+        key_ok: bool [B, T], the keys the query may attend to.
+    Returns:
+        float32 [B, T]; 0 where ``key_ok`` is False.
+    """
+    groups = query.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(groups, dim=1)
+    logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2) * scaling   # [B, H, T]
+    logits = logits.masked_fill(~key_ok[:, None, :], float("-inf"))
+    return logits.softmax(-1).mean(1)
 
 
 def select_halted(scores: torch.Tensor, eligible: torch.Tensor, num_halt: torch.Tensor) -> torch.Tensor:

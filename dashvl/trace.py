@@ -36,8 +36,9 @@ class HaltTrace:
     Attributes:
         layer: the activation layer l_s; layers > l_s ran on active tokens only.
         num_layers: L, the number of decoder layers.
-        ratio, kv, scope: the settings that produced it.
-        scores: float32 [B, T], Δ_t = ||U_t||_2 at l_s (NaN at padding).
+        ratio, kv, scope, method: the settings that produced it.
+        scores: float32 [B, T], the score that ranked tokens at l_s (NaN at padding): Δ_t = ||U_t||_2 for
+            ``method="dash"``; the uniform draw for "random"; the last token's attention for "fastv".
         active: bool [B, T], True for tokens processed above l_s; False for halted tokens and padding.
         kinds: int8 [B, T], KIND_TEXT / KIND_IMAGE / KIND_VIDEO / KIND_PAD (names in ``kind_names``).
         tokens_per_layer: long [B, L], real tokens each layer processed per row.
@@ -49,6 +50,7 @@ class HaltTrace:
     ratio: float
     kv: str
     scope: str
+    method: str
     scores: torch.Tensor
     active: torch.Tensor
     kinds: torch.Tensor

@@ -59,6 +59,27 @@ class Adapter:
             return getattr(cfg, "sliding_window", None) or 0
         return getattr(cfg, "sliding_window", None)
 
+    def last_query_and_keys(self, attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                            last: torch.Tensor):
+        """The attention inputs FastV needs: the query of one token per row and every token's key.
+
+        Args:
+            attn: the layer's attention module; hidden: [B, T, d], its (normed) input.
+            cos, sin: [B or 1, T, head_dim]; last: long [B], the position whose query is wanted.
+        Returns:
+            query [B, heads, 1, head_dim], keys [B, kv_heads, T, head_dim], both with RoPE applied.
+        """
+        B, T, d = hidden.shape
+        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        pick = last.view(B, 1, 1)
+        h_last = hidden.gather(1, pick.expand(B, 1, d))
+        q = attn.q_proj(h_last).view(B, 1, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(hidden).view(B, T, -1, attn.head_dim).transpose(1, 2)
+        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
+        q, _ = rope(q, q, cos.gather(1, pick.expand(B, 1, cos.shape[-1])), sin.gather(1, pick.expand(B, 1, sin.shape[-1])))
+        k, _ = rope(k, k, cos, sin)
+        return q, k
+
     def halted_kv(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Keys and values that frozen tokens contribute to ``layer`` (kv="keep").
 
