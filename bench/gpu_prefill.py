@@ -36,7 +36,7 @@ def main(argv=None, **defaults):
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
 
