@@ -15,10 +15,13 @@ SHAPES = {
                         num_key_value_heads=4, intermediate_size=18944, vocab_size=152064),
     "llava-1.5-7b": dict(family="llava", num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
                          num_key_value_heads=32, intermediate_size=11008, vocab_size=32064),
-    # the CPU benchmark's mid-size model
+    # the CPU benchmark's mid-size models (small vision towers)
     "qwen2-vl-mid": dict(family="qwen2_vl", num_hidden_layers=8, hidden_size=512, num_attention_heads=8,
                          num_key_value_heads=2, intermediate_size=1408, vocab_size=8192),
+    "llava-mid": dict(family="llava", num_hidden_layers=8, hidden_size=512, num_attention_heads=8,
+                      num_key_value_heads=8, intermediate_size=1408, vocab_size=8192),
 }
+REAL_VISION = ("qwen2-vl-7b", "llava-1.5-7b")
 
 
 def build_model(name: str, device: str, dtype, attn: str = "sdpa", vision: bool = True):
@@ -32,23 +35,58 @@ def build_model(name: str, device: str, dtype, attn: str = "sdpa", vision: bool 
         section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # 7B: [16, 24, 24]
         text = dict(shape, max_position_embeddings=32768, bos_token_id=0, eos_token_id=1,
                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section})
-        vision_cfg = dict(depth=32, embed_dim=1280, hidden_size=shape["hidden_size"], num_heads=16) if vision \
-            else dict(depth=1, embed_dim=64, hidden_size=shape["hidden_size"], num_heads=2)
-        config = Qwen2VLConfig(text_config=text, vision_config=vision_cfg, image_token_id=151655,
-                               video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+        vision_cfg = dict(depth=32, embed_dim=1280, hidden_size=shape["hidden_size"], num_heads=16) \
+            if vision and name in REAL_VISION else dict(depth=1, embed_dim=64, hidden_size=shape["hidden_size"], num_heads=2)
+        v = shape["vocab_size"]  # special ids at the end of the vocabulary, whatever its size
+        config = Qwen2VLConfig(text_config=text, vision_config=vision_cfg, image_token_id=v - 2,
+                               video_token_id=v - 1, vision_start_token_id=v - 4, vision_end_token_id=v - 3)
         cls = Qwen2VLForConditionalGeneration
     else:
         from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-        vision_cfg = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                      num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        big = vision and name in REAL_VISION
+        vision_cfg = CLIPVisionConfig(hidden_size=1024 if big else 64, intermediate_size=4096 if big else 128,
+                                      num_hidden_layers=24 if big else 2, num_attention_heads=16 if big else 2,
+                                      image_size=336, patch_size=14, projection_dim=768)
         llama = LlamaConfig(**shape, max_position_embeddings=32768, bos_token_id=1, eos_token_id=2)
         config = LlavaConfig(vision_config=vision_cfg, text_config=llama,
-                             image_token_index=32000, vision_feature_layer=-2)
+                             image_token_index=shape["vocab_size"] - 1, vision_feature_layer=-2)
         cls = LlavaForConditionalGeneration
     config._attn_implementation = attn
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype)
     return model.eval()
+
+
+def visual_inputs(model, tokens: int, device) -> dict:
+    """Model inputs with about ``tokens`` visual tokens (random pixels) between two short text spans."""
+    import math
+    cfg = model.config
+    prefix = torch.randint(10, 1000, (12,))
+    suffix = torch.randint(10, 1000, (12,))
+    if cfg.model_type == "qwen2_vl":
+        n_img = math.ceil(tokens / 4096)
+        side = round(math.sqrt(tokens / n_img))           # merged tokens per side
+        patch = cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size ** 2 * 3
+        parts, thw = [prefix], []
+        for _ in range(n_img):
+            parts.append(torch.tensor([cfg.vision_start_token_id] + [cfg.image_token_id] * side * side
+                                      + [cfg.vision_end_token_id]))
+            thw.append([1, 2 * side, 2 * side])
+        parts.append(suffix)
+        ids = torch.cat(parts)[None]
+        n_patches = sum(t * h * w for t, h, w in thw)
+        return dict(input_ids=ids.to(device), mm_token_type_ids=(ids == cfg.image_token_id).long().to(device),
+                    image_grid_thw=torch.tensor(thw, device=device),
+                    pixel_values=torch.randn(n_patches, patch, device=device, dtype=model.dtype))
+    side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+    n_img = max(1, round(tokens / (side * side)))
+    parts = [prefix]
+    for _ in range(n_img):
+        parts += [torch.full((side * side,), cfg.image_token_id), torch.randint(10, 1000, (2,))]
+    parts.append(suffix)
+    size = cfg.vision_config.image_size
+    return dict(input_ids=torch.cat(parts)[None].to(device),
+                pixel_values=torch.randn(n_img, 3, size, size, device=device, dtype=model.dtype))
 
 
 def text_config(model):
@@ -64,6 +102,7 @@ def _timed(fn, cuda: bool) -> tuple[float, float]:
         return ms, ms
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     start.record()
     t0 = time.perf_counter()
     fn()
@@ -83,7 +122,7 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
     call = make_call()
     variants = [None] + list(settings)
     samples = {i: [] for i in range(len(variants))}
-    limits = {0: 1.0}
+    limits, peaks = {0: 1.0}, {}
     with torch.no_grad():
         if cuda:  # let the clocks ramp up before timing
             t0 = time.perf_counter()
@@ -101,13 +140,17 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
                             limits[i] = flops_speedup(text_config(model), handle.trace)
                 if rep >= warmup:
                     samples[i].append(timing)
+                if cuda and rep == warmup:
+                    peaks[i] = torch.cuda.max_memory_allocated() / 2**30
     base = statistics.median(t for t, _ in samples[0])
     rows = []
     for i, s in enumerate(variants):
         ms = statistics.median(t for t, _ in samples[i])
         host = statistics.median(h for _, h in samples[i])
-        name = "unmodified" if s is None else " ".join(f"{k}={v}" for k, v in s.items())
-        rows.append(dict(setting=name, ms=ms, host_ms=host, speedup=base / ms, limit=limits[i]))
+        name = "unmodified" if s is None else " ".join(f"{k}={v}" for k, v in s.items()
+                                                      if (k, v) not in (("method", "dash"), ("scope", "all")))
+        rows.append(dict(setting=name, ms=ms, host_ms=host, speedup=base / ms, limit=limits[i],
+                         **({"peak_gib": peaks[i]} if i in peaks else {})))
     return rows
 
 

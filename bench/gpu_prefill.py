@@ -1,12 +1,18 @@
-"""LLM prefill speed on the GPU at real model shapes: unmodified vs DASH, next to the FLOPs limit.
+"""Prefill speed at real model shapes: unmodified vs DASH, next to the FLOPs limit.
 
-One call builds the model (random bf16 weights), checks it (ratio 0 bitwise; SDPA's flash kernel runs in
-kv="drop"), and times every setting. Run through the device tool:
+One call builds the model (random bf16 weights: speed does not depend on their values), checks it
+(ratio 0 bitwise; kv="drop" runs on SDPA's flash kernel alone) and times every setting, round-robin,
+median of --reps after warm-up, with CUDA events. Run through the device tool, e.g.
 
-    python bench/gpu_prefill.py --model qwen2-vl-7b --tokens 1088,2112,4160,16448 --out $OUT
+    python bench/gpu_prefill.py --model qwen2-vl-7b --mode llm --tokens 1088,4160,16448
+    python bench/gpu_prefill.py --model qwen2-vl-7b --mode e2e --tokens 1024,4096,16384
 
-The prompt is text tokens only (LLM prefill; the vision tower is not timed here), batch 1, with a
-DynamicCache and logits_to_keep=1 as generate() runs it. Median of --reps after warm-up, CUDA events.
+--mode llm: text tokens only, the language model's prefill (batch 1, DynamicCache, logits_to_keep=1 as
+  generate() runs it). Also times Δ scoring + selection alone against the prefill.
+--mode e2e: images with about --tokens visual tokens through the real vision tower (Qwen2-VL: one image
+  per 4,096 tokens at most; LLaVA-1.5: 576 tokens per 336 px image). Times the vision tower alone, the
+  LLM on the tower's outputs, and the whole prefill (time to first token); the end-to-end limit is
+  Amdahl's: (vision + LLM) / (vision + LLM / LLM limit).
 """
 from __future__ import annotations
 
@@ -20,17 +26,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import dashvl  # noqa: E402
-from common import build_model, markdown, time_settings  # noqa: E402
+from common import _timed, build_model, markdown, time_settings, visual_inputs  # noqa: E402
+from dashvl import policy  # noqa: E402
 
 
 def main(argv=None, **defaults):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2-vl-7b")
+    p.add_argument("--mode", default="llm", choices=["llm", "e2e"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--tokens", default="1088,2112,4160,16448")
     p.add_argument("--ratios", default="0,0.5,0.75,0.9")
-    p.add_argument("--layers", default="2")
+    p.add_argument("--layers", default="2", help="comma list; a float is a fraction of the depth")
     p.add_argument("--kv", default="drop,keep")
     p.add_argument("--methods", default="dash", help="comma list of dash, random, fastv")
     p.add_argument("--attn", default="sdpa")
@@ -45,46 +53,101 @@ def main(argv=None, **defaults):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.model, args.device, torch.bfloat16 if cuda else torch.float32, attn=args.attn,
-                        vision=False)
-    vocab = model.config.get_text_config().vocab_size
-    device_name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    info = dict(device=device_name, torch=torch.__version__,
-                transformers=__import__("transformers").__version__, python=platform.python_version(),
-                model=args.model, attn=args.attn, command=" ".join(sys.argv))
+                        vision=args.mode == "e2e")
+    device_name = torch.cuda.get_device_name() if cuda else \
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    info = dict(device=device_name, torch=torch.__version__, transformers=__import__("transformers").__version__,
+                python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
+                command="python bench/gpu_prefill.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(info, flush=True)
+    layers = [float(x) if "." in x else int(x) for x in args.layers.split(",")]
+    settings = [dict(method=m, ratio=float(r), layer=l, kv=kv, scope="all")
+                for m in args.methods.split(",") for l in layers for kv in args.kv.split(",")
+                for r in args.ratios.split(",") if not (float(r) == 0 and (kv == "keep" or m != "dash"))]
     results = []
     for T in [int(t) for t in args.tokens.split(",")]:
-        ids = torch.randint(0, min(vocab, 150000), (1, T), device=args.device)
-
-        def make_call():
-            return lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1)
-
-        checks = check(model, ids)
-        settings = [dict(method=m, ratio=float(r), layer=int(l), kv=kv, scope="all")
-                    for m in args.methods.split(",") for l in args.layers.split(",")
-                    for kv in args.kv.split(",") for r in args.ratios.split(",")
-                    if not (float(r) == 0 and (kv == "keep" or m != "dash"))]
-        rows = time_settings(model, make_call, settings, args.reps, args.warmup, cuda=cuda)
-        print(f"\n## {args.model}, {T} tokens, {args.attn}, checks: {checks}\n\n{markdown(rows)}", flush=True)
-        results.append(dict(tokens=T, checks=checks, rows=rows))
-    if cuda:
-        info["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    with open(os.path.join(args.out, f"prefill_{args.model}_{args.device.split(':')[0]}_{args.attn}.json"), "w") as f:
+        torch.manual_seed(T)
+        if args.mode == "llm":
+            vocab = model.config.get_text_config().vocab_size
+            inputs = dict(input_ids=torch.randint(0, min(vocab, 150000), (1, T), device=args.device))
+        else:
+            inputs = visual_inputs(model, T, args.device)
+        checks = check(model, inputs)
+        prefill = lambda: model(**inputs, use_cache=True, logits_to_keep=1)  # noqa: E731
+        rows = time_settings(model, lambda: prefill, settings, args.reps, args.warmup, cuda=cuda)
+        n = inputs["input_ids"].shape[1]
+        entry = dict(tokens=n, checks=checks, rows=rows)
+        if args.mode == "llm":
+            entry["select_ms"] = selection_ms(model, n, args.device, cuda, args.reps)
+            extra = f"Δ scoring + selection alone: {entry['select_ms']:.3f} ms " \
+                    f"({100 * entry['select_ms'] / rows[0]['ms']:.2f}% of the unmodified prefill)"
+        else:
+            entry.update(e2e_split(model, inputs, settings, args, cuda))
+            extra = f"vision tower alone: {entry['vision_ms']:.2f} ms"
+            rows = entry["llm_rows"] + [dict(r, setting="TTFT " + r["setting"]) for r in entry["e2e_rows"]]
+        print(f"\n## {args.model}, {args.mode}, {n} tokens, {args.attn}; checks: {checks}; {extra}\n\n"
+              f"{markdown(rows, ['peak_gib'] if cuda else [])}", flush=True)
+        results.append(entry)
+    name = f"prefill_{args.model}_{args.mode}_{args.device.split(':')[0]}_{args.attn}.json"
+    with open(os.path.join(args.out, name), "w") as f:
         json.dump(dict(info=info, results=results), f, indent=1)
 
 
+def e2e_split(model, inputs, settings, args, cuda) -> dict:
+    """Vision tower alone; LLM on its outputs (per setting); whole prefill (per setting, Amdahl limit)."""
+    visual_kwargs = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    with torch.no_grad():
+        vision = lambda: model.model.get_image_features(**visual_kwargs)  # noqa: E731
+        for _ in range(args.warmup):
+            vision()
+        vision_ms = sorted(_timed(vision, cuda)[0] for _ in range(args.reps))[args.reps // 2]
+        encoded = {"image": vision()}
+    llm_inputs = {k: v for k, v in inputs.items() if k not in ("pixel_values",)}
+    llm = lambda: model(**llm_inputs, mm_encoder_outputs=encoded, use_cache=True, logits_to_keep=1)  # noqa: E731
+    llm_rows = time_settings(model, lambda: llm, settings, args.reps, args.warmup, cuda=cuda)
+    e2e_rows = time_settings(model, lambda: (lambda: model(**inputs, use_cache=True, logits_to_keep=1)),
+                             settings, args.reps, args.warmup, cuda=cuda)
+    base_llm = llm_rows[0]["ms"]
+    for llm_row, e2e_row in zip(llm_rows, e2e_rows):
+        e2e_row["limit"] = (vision_ms + base_llm) / (vision_ms + base_llm / llm_row["limit"])
+    return dict(vision_ms=vision_ms, llm_rows=llm_rows, e2e_rows=e2e_rows)
+
+
 @torch.no_grad()
-def check(model, ids) -> dict:
+def selection_ms(model, T, device, cuda, reps) -> float:
+    """Δ scoring, selection and gather indices for one prefill, timed alone (ratio 0.75, batch 1)."""
+    d = model.config.get_text_config().hidden_size
+    dtype = next(model.parameters()).dtype
+    update = torch.randn(1, T, d, device=device, dtype=dtype)
+    eligible = torch.ones(1, T, dtype=torch.bool, device=device)
+    eligible[:, -1] = False
+    n_halt = torch.tensor([int(0.75 * (T - 1))], device=device)
+
+    def run():
+        halted = policy.select_halted(policy.delta_scores(update), eligible, n_halt)
+        policy.compact_index(~halted, T - int(n_halt[0]))
+
+    for _ in range(3):
+        run()
+    return sorted(_timed(run, cuda)[0] for _ in range(reps))[reps // 2]
+
+
+@torch.no_grad()
+def check(model, inputs) -> dict:
     """ratio 0 is bitwise the unmodified model; kv="drop" runs on SDPA's flash kernel alone."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    ref = model(input_ids=ids, logits_to_keep=1).logits
+    ref = model(**inputs, logits_to_keep=1).logits
     with dashvl.compress(model, ratio=0.0, layer=2):
-        same = torch.equal(model(input_ids=ids, logits_to_keep=1).logits, ref)
+        same = torch.equal(model(**inputs, logits_to_keep=1).logits, ref)
     out = {"ratio0_bitwise": same}
-    if model.config.get_text_config()._attn_implementation == "sdpa" and ids.is_cuda:
+    if model.config.get_text_config()._attn_implementation == "sdpa" and ref.is_cuda:
+        llm_only = {k: v for k, v in inputs.items() if k not in ("pixel_values",)}
+        if "pixel_values" in inputs:  # the vision tower's own attention is not the subject here
+            llm_only["mm_encoder_outputs"] = {"image": model.model.get_image_features(
+                **{k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs})}
         with dashvl.compress(model, ratio=0.75, layer=2, kv="drop"), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            logits = model(input_ids=ids, use_cache=True, logits_to_keep=1).logits
+            logits = model(**llm_only, use_cache=True, logits_to_keep=1).logits
         out["drop_on_flash_kernel"] = bool(torch.isfinite(logits).all())
     return out
 
