@@ -45,6 +45,7 @@ def main(argv=None, **defaults):
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    p.add_argument("--tag", default="", help="added to the result file's name")
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
 
@@ -73,11 +74,11 @@ def main(argv=None, **defaults):
         else:
             inputs = visual_inputs(model, T, args.device)
         checks = check(model, inputs)
-        prefill = lambda: model(**inputs, use_cache=True, logits_to_keep=1)  # noqa: E731
-        rows = time_settings(model, lambda: prefill, settings, args.reps, args.warmup, cuda=cuda)
         n = inputs["input_ids"].shape[1]
-        entry = dict(tokens=n, checks=checks, rows=rows)
+        entry = dict(tokens=n, checks=checks)
         if args.mode == "llm":
+            prefill = lambda: model(**inputs, use_cache=True, logits_to_keep=1)  # noqa: E731
+            rows = entry["rows"] = time_settings(model, lambda: prefill, settings, args.reps, args.warmup, cuda=cuda)
             entry["select_ms"] = selection_ms(model, n, args.device, cuda, args.reps)
             extra = f"Δ scoring + selection alone: {entry['select_ms']:.3f} ms " \
                     f"({100 * entry['select_ms'] / rows[0]['ms']:.2f}% of the unmodified prefill)"
@@ -88,7 +89,7 @@ def main(argv=None, **defaults):
         print(f"\n## {args.model}, {args.mode}, {n} tokens, {args.attn}; checks: {checks}; {extra}\n\n"
               f"{markdown(rows, ['peak_gib'] if cuda else [])}", flush=True)
         results.append(entry)
-    name = f"prefill_{args.model}_{args.mode}_{args.device.split(':')[0]}_{args.attn}.json"
+    name = f"prefill_{args.model}_{args.mode}_{args.device.split(':')[0]}_{args.attn}{args.tag}.json"
     with open(os.path.join(args.out, name), "w") as f:
         json.dump(dict(info=info, results=results), f, indent=1)
 

@@ -6,6 +6,6 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp}
 B="python3 bench/gpu_prefill.py --reps 7 --warmup 2"
 $B --model qwen2-vl-7b --mode e2e --tokens 1024,4096,16384 --layers 2 --ratios 0,0.5,0.75,0.9 --kv drop 2>&1 | grep -v '^\[transformers\]' | tee "$OUT/qwen_e2e.log"
-$B --model qwen2-vl-7b --mode e2e --tokens 4096 --layers 2,0.4 --ratios 0.75 --kv keep 2>&1 | grep -v '^\[transformers\]' | tee "$OUT/qwen_e2e_keep.log"
+$B --model qwen2-vl-7b --mode e2e --tokens 4096 --layers 2,0.4 --ratios 0.75 --kv keep --tag _keep 2>&1 | grep -v '^\[transformers\]' | tee "$OUT/qwen_e2e_keep.log"
 $B --model llava-1.5-7b --mode e2e --tokens 576,2304 --layers 2 --ratios 0,0.5,0.75,0.9 --kv drop,keep 2>&1 | grep -v '^\[transformers\]' | tee "$OUT/llava_e2e.log"
-$B --model qwen2-vl-7b --mode llm --tokens 1088,4160 --layers 2 --ratios 0.75 --kv drop --methods dash,random,fastv 2>&1 | grep -v '^\[transformers\]' | tee "$OUT/qwen_methods.log"
+$B --model qwen2-vl-7b --mode llm --tokens 1088,4160 --layers 2 --ratios 0.75 --kv drop --methods dash,random,fastv --tag _methods 2>&1 | grep -v '^\[transformers\]' | tee "$OUT/qwen_methods.log"

@@ -1,0 +1,467 @@
+"""Train the two bundled models, ``qwen2-vl-synth`` and ``llava-synth``, from scratch on ``dashvl.synth``.
+
+Builds a small ``Qwen2VLForConditionalGeneration`` (+ ``Qwen2VLProcessor``) or ``LlavaForConditionalGeneration``
+(CLIP vision tower, Llama text model, + ``LlavaProcessor``) with a byte-level BPE tokenizer trained here on the
+suite's language and the real models' chat templates; trains it on the ``train`` split (answer tokens only,
+bf16 autocast, AdamW, a cosine schedule over a wall-clock budget or a step count); saves it in bfloat16 with
+``save_pretrained``; evaluates greedy generations on the ``test`` split per family; writes a model card.
+
+    # what made assets/models/ (one H200, both models at once, ~5 min):
+    python bench/train_synth.py --model qwen2-vl-synth --minutes 4.3 --out OUT &
+    python bench/train_synth.py --model llava-synth --minutes 4.3 --out OUT &
+    # a CPU smoke test:
+    python bench/train_synth.py --model qwen2-vl-synth --steps 3 --batch 4 --tiny --eval-per-family 4 --out /tmp/s
+
+Besides ``OUT/<name>/`` (the model folder) it writes ``OUT/<name>.safetensors`` and ``OUT/<name>.tar`` (the
+folder's other files) when ``--pack`` is given, for the device tool's limit on the number of files returned.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dashvl import synth  # noqa: E402
+from dashvl.tiny import LLAVA_SPECIALS, QWEN_SPECIALS  # noqa: E402
+
+NAMES = ("qwen2-vl-synth", "llava-synth")
+
+# The real models' chat templates (Qwen2-VL-Instruct's, llava-1.5-hf's), plus string content for both.
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}{% endfor %}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# Training mix per round: the harder families more often.
+ROUND = ("existence", "existence", "colour", "shape", "count", "count", "position", "position", "reading", "reading")
+
+
+# --- tokenizer and models ------------------------------------------------------------------------------------
+
+def _corpus() -> list[str]:
+    """The suite's language (every question form, answer, prompt suffix) and the chat templates' words."""
+    lines = ["You are a helpful assistant.", "system", "user", "assistant", "USER: ASSISTANT:",
+             synth.MME_SUFFIX, synth.LMMS_POST_PROMPT, "Yes", "No", "yes", "no", " Yes", " No",
+             "Describe the image.", "What is in this picture?", "What is shown?"]
+    for c in synth.COLOURS:
+        for s in synth.SHAPES:
+            lines += [f"Is there a {c} {s} in the image?", f"Is there an {c} {s} in the image?",
+                      f"Is the {c} {s} on the left, right, top or bottom of the image?"]
+        lines += [f"What shape is the {c} object?", c, f" {c}"]
+    for s in synth.SHAPES:
+        lines += [f"What colour is the {s}?", s, f" {s}", f"How many {s}s are there?"]
+    lines += ["How many shapes are in the image?", "What word is written in the image?"]
+    lines += [str(n) for n in range(10)] + [f" {n}" for n in range(10)] + list(synth.POSITIONS)
+    lines += list(synth.WORDS) + [f" {w}" for w in synth.WORDS] + [w.upper() for w in synth.WORDS]
+    return lines * 20
+
+
+def train_tokenizer(family: str, vocab_size: int = 640):
+    """A byte-level BPE trained on the suite's language, with ``family``'s special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    if family == "qwen2_vl":
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                       padding_side="left", chat_template=QWEN_CHAT_TEMPLATE,
+                                       model_max_length=32768)
+    # Llama tokenizers put <s> in front of every text; the template leaves it to the tokenizer.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side="left", chat_template=LLAVA_CHAT_TEMPLATE,
+                                   model_max_length=4096)
+
+
+def build_qwen2_vl_synth(tiny: bool = False, seed: int = 0):
+    """A small Qwen2-VL (text 256 wide × 4 layers, vision 192 wide × 4 layers) and its processor."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    tok = train_tokenizer("qwen2_vl")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    hidden, layers, heads, vdim, vdepth = (64, 2, 4, 32, 1) if tiny else (256, 4, 4, 192, 4)
+    half = hidden // heads // 2
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # the real [16, 24, 24], scaled
+    text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                tie_word_embeddings=False)
+    vision = dict(depth=vdepth, embed_dim=vdim, hidden_size=hidden, num_heads=max(1, vdim // 64), mlp_ratio=4,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}  # every suite image at its own resolution
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=size),
+                                 video_processor=Qwen2VLVideoProcessor(size=size), tokenizer=tok,
+                                 chat_template=QWEN_CHAT_TEMPLATE)
+    return model, processor
+
+
+def build_llava_synth(tiny: bool = False, seed: int = 0):
+    """A small LLaVA-1.5 (CLIP tower 192 wide × 4 layers at 336 px, 2-layer projector, Llama 256 wide × 4 layers)."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tok = train_tokenizer("llava")
+    hidden, layers, heads, vdim, vdepth, side = (64, 2, 4, 32, 1, 112) if tiny else (256, 4, 4, 192, 4, 336)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=2,
+                       max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    vision = CLIPVisionConfig(hidden_size=vdim, intermediate_size=4 * vdim, num_hidden_layers=vdepth,
+                              num_attention_heads=max(1, vdim // 64), image_size=side, patch_size=14,
+                              projection_dim=hidden)
+    n = (side // 14) ** 2
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         image_seq_length=n, projector_hidden_act="gelu", tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    # Resize to a square without cropping: a centre crop would cut objects out of wide or tall images.
+    image_processor = CLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False,
+                                         crop_size={"height": side, "width": side})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+    return model, processor
+
+
+BUILDERS = {"qwen2-vl-synth": build_qwen2_vl_synth, "llava-synth": build_llava_synth}
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+def prompt_for(processor, question: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def answer_ids(processor, answer: str) -> list[int]:
+    """The tokens the model is trained to generate after the prompt: the answer and the end-of-turn token."""
+    tok = processor.tokenizer
+    lead = " " if tok.bos_token == "<s>" else ""  # LLaVA answers follow "ASSISTANT:" after a space
+    return tok(lead + answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+
+
+class TrainStream(torch.utils.data.Dataset):
+    """Item ``i``: a train sample (family from ``ROUND``), its question sometimes followed by an eval suffix,
+    processed into ``input_ids`` / ``labels`` (-100 on the prompt) and the image tensors."""
+
+    def __init__(self, processor, length: int, seed_offset: int = 0):
+        self.processor, self.length, self.offset = processor, length, seed_offset
+        self.per_round = {f: ROUND.count(f) for f in synth.FAMILIES}
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        import random
+        i += self.offset
+        r, j = divmod(i, len(ROUND))
+        family = ROUND[j]
+        k = r * self.per_round[family] + ROUND[:j].count(family)
+        s = synth.make_sample("train", family, k)
+        rng = random.Random(f"suffix/{i}")
+        q = s.question
+        if family == "existence" and rng.random() < 0.35:
+            q += synth.MME_SUFFIX
+        if rng.random() < 0.35:
+            q += synth.LMMS_POST_PROMPT
+        enc = self.processor(text=[prompt_for(self.processor, q)], images=[s.image], return_tensors="pt")
+        ans = torch.tensor(answer_ids(self.processor, s.answer))
+        item = {k: v[0] for k, v in enc.items() if k in ("input_ids", "mm_token_type_ids")}
+        item["labels"] = torch.cat([torch.full_like(item["input_ids"], -100), ans])
+        item["input_ids"] = torch.cat([item["input_ids"], ans])
+        if "mm_token_type_ids" in item:
+            item["mm_token_type_ids"] = torch.cat([item["mm_token_type_ids"], torch.zeros_like(ans)])
+        item["pixel_values"] = enc["pixel_values"]
+        if "image_grid_thw" in enc:
+            item["image_grid_thw"] = enc["image_grid_thw"]
+        return item
+
+
+def collate(items, pad_id: int):
+    """Right-padded batch; Qwen2-VL's patches are concatenated, LLaVA's images stacked."""
+    n = max(len(it["input_ids"]) for it in items)
+    out = {"input_ids": torch.full((len(items), n), pad_id), "attention_mask": torch.zeros(len(items), n, dtype=torch.long),
+           "labels": torch.full((len(items), n), -100)}
+    if "mm_token_type_ids" in items[0]:
+        out["mm_token_type_ids"] = torch.zeros(len(items), n, dtype=torch.long)
+    for b, it in enumerate(items):
+        m = len(it["input_ids"])
+        out["input_ids"][b, :m] = it["input_ids"]
+        out["attention_mask"][b, :m] = 1
+        out["labels"][b, :m] = it["labels"]
+        if "mm_token_type_ids" in it:
+            out["mm_token_type_ids"][b, :m] = it["mm_token_type_ids"]
+    out["pixel_values"] = torch.cat([it["pixel_values"] for it in items])
+    if "image_grid_thw" in items[0]:
+        out["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items])
+    return out
+
+
+def _collate_with(pad_id):
+    import functools
+    return functools.partial(collate, pad_id=pad_id)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+def normalise(text: str) -> str:
+    return text.strip().strip(".").strip().lower()
+
+
+@torch.no_grad()
+def evaluate(model, processor, per_family: int, batch: int = 250, workers: int = 4, device: str = "cpu",
+             log=print) -> dict:
+    """Greedy answers to ``per_family`` test questions of every family: accuracy per family and examples."""
+    samples_ds = _TestSamples(per_family)
+    loader = torch.utils.data.DataLoader(samples_ds, batch_size=batch, num_workers=workers, collate_fn=list,
+                                         worker_init_fn=_worker_init)
+    correct = {f: 0 for f in synth.FAMILIES}
+    total = {f: 0 for f in synth.FAMILIES}
+    examples = []
+    model.eval()
+    for samples in loader:
+        enc = processor(text=[prompt_for(processor, s.question) for s in samples], images=[s.image for s in samples],
+                        return_tensors="pt", padding=True).to(device)
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+        texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for s, t in zip(samples, texts):
+            ok = normalise(t) in {normalise(a) for a in s.answers}
+            correct[s.family] += ok
+            total[s.family] += 1
+            if len(examples) < 24 or not ok and len(examples) < 60:
+                examples.append({"id": s.id, "question": s.question, "answer": s.answer, "generated": t, "ok": ok})
+    acc = {f: correct[f] / total[f] for f in synth.FAMILIES}
+    log("accuracy " + json.dumps({f: round(a, 4) for f, a in acc.items()}))
+    return {"accuracy": acc, "n": total, "examples": examples}
+
+
+class _TestSamples(torch.utils.data.Dataset):
+    def __init__(self, per_family: int):
+        self.n = per_family * len(synth.FAMILIES)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return synth.make_sample("test", synth.FAMILIES[i % len(synth.FAMILIES)], i // len(synth.FAMILIES))
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+def train(name: str, args, log=print) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model, processor = BUILDERS[name](tiny=args.tiny, seed=args.seed)
+    model.config._attn_implementation = "sdpa"
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{name}: {n_params / 1e6:.2f} M parameters, vocab {len(processor.tokenizer)}, device {device}")
+    max_steps = args.steps or 10 ** 7
+    ds = TrainStream(processor, length=max_steps * args.batch)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, num_workers=args.workers,
+                                         collate_fn=_collate_with(processor.tokenizer.pad_token_id),
+                                         worker_init_fn=_worker_init, pin_memory=device == "cuda",
+                                         prefetch_factor=6 if args.workers else None,
+                                         persistent_workers=False)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8, fused=device == "cuda")
+    budget = args.minutes * 60 if not args.steps else None
+    t0 = time.time()
+    step, ema, waited, t_wait = 0, None, 0.0, time.time()
+    for batch in loader:
+        waited += time.time() - t_wait
+        frac = step / args.steps if args.steps else (time.time() - t0) / budget
+        if frac >= 1:
+            break
+        warm = min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if step % 50 == 0 or step <= 3 or args.steps:
+            v = loss.item()
+            ema = v if ema is None else 0.9 * ema + 0.1 * v
+            log(f"step {step} loss {v:.4f} ema {ema:.4f} lr {lr:.2e} t {time.time() - t0:.0f}s "
+                f"(waiting for data {waited:.0f}s)")
+        t_wait = time.time()
+    train_s = time.time() - t0
+    log(f"trained {step} steps × {args.batch} in {train_s:.0f} s")
+    return {"model": model, "processor": processor, "steps": step, "train_s": train_s, "n_params": n_params,
+            "device": device}
+
+
+def card(name: str, run: dict, result: dict | None, args) -> str:
+    m = run["model"]
+    cfg = m.config
+    hw = torch.cuda.get_device_name(0) if run["device"] == "cuda" else platform.processor() or "CPU"
+    if name == "qwen2-vl-synth":
+        arch = (f"`Qwen2VLForConditionalGeneration`: Qwen2-VL vision transformer ({cfg.vision_config.depth} layers, "
+                f"{cfg.vision_config.embed_dim} wide, 14 px patches, 2×2 merge, M-RoPE) and a Qwen2 decoder "
+                f"({cfg.text_config.num_hidden_layers} layers, {cfg.text_config.hidden_size} wide, "
+                f"{cfg.text_config.num_attention_heads} heads / {cfg.text_config.num_key_value_heads} kv heads). "
+                "`Qwen2VLProcessor`, images at their own resolution (at most 448×448 px: up to 256 visual tokens), "
+                "Qwen2-VL-Instruct's chat template (with its default system prompt).")
+    else:
+        arch = (f"`LlavaForConditionalGeneration` (LLaVA-1.5 layout): CLIP vision tower "
+                f"({cfg.vision_config.num_hidden_layers} layers, {cfg.vision_config.hidden_size} wide, "
+                f"{cfg.vision_config.image_size} px, 14 px patches: {cfg.image_seq_length} visual tokens, features of "
+                f"the last layer), 2-layer GELU projector, Llama decoder ({cfg.text_config.num_hidden_layers} layers, "
+                f"{cfg.text_config.hidden_size} wide, {cfg.text_config.num_attention_heads} heads / "
+                f"{cfg.text_config.num_key_value_heads} kv heads). `LlavaProcessor` (images resized to a square "
+                "without a centre crop), llava-1.5-hf's chat template (`USER: <image>\\n… ASSISTANT:`).")
+    lines = [f"# {name}", "",
+             "A small vision-language model trained from scratch on dashvl's synthetic visual-QA suite "
+             "(`dashvl/synth.py`), bundled so that dashvl's demo, tests and accuracy comparisons work offline. "
+             "It answers short questions about coloured shapes and words on textured backgrounds, and nothing else.",
+             "", "## Architecture", "", arch, "",
+             f"Parameters: {run['n_params'] / 1e6:.2f} M, stored in bfloat16. Tokenizer: a byte-level BPE "
+             f"({len(run['processor'].tokenizer)} tokens) trained on the suite's language, with the real model's "
+             "special tokens.", "",
+             "## Data", "",
+             "`dashvl.synth.make_split('train', ...)`: images 160–448 px a side, 1–6 shapes (circle, square, "
+             "triangle, star in red, green, blue, yellow, purple, orange) and rendered words on noise / stripes / "
+             "checker / gradient backgrounds with grey clutter. Mix per round of 10: existence 2, colour 1, shape 1, "
+             "count 2, position 2, reading 2. A third of the questions carry lmms-eval's post-prompt "
+             "(\"Answer the question using a single word or phrase.\"), a third of existence questions MME's "
+             "\" Please answer yes or no.\". Loss on the answer tokens and the end-of-turn token only.", "",
+             "## Training", "",
+             "```", f"python bench/train_synth.py --model {name} --minutes {args.minutes} --batch {args.batch} "
+             f"--lr {args.lr} --workers {args.workers} --out OUT --pack", "```", "",
+             f"{run['steps']} steps of batch {args.batch} ({run['steps'] * args.batch:,} samples) in "
+             f"{run['train_s'] / 60:.1f} min on one {hw} (shared with the other bundled model's run), AdamW "
+             f"(lr {args.lr}, warm-up {args.warmup} steps, cosine over the time budget, weight decay 0.05), bf16 "
+             f"autocast, torch {torch.__version__}, transformers {__import__('transformers').__version__}.", ""]
+    lines += ["## Accuracy", ""]
+    if result is None:
+        lines += ["Not evaluated."]
+    else:
+        n = result["n"]
+        lines += [f"Greedy generation on `make_split('test', ...)` ({n['existence']} questions per family), exact "
+                  "match after lower-casing (bfloat16 weights, on the training machine):", "",
+                  "| family | accuracy |", "| --- | --- |"]
+        lines += [f"| {f} | {100 * a:.1f}% |" for f, a in result["accuracy"].items()]
+        lines += ["", f"Mean: {100 * sum(result['accuracy'].values()) / len(synth.FAMILIES):.1f}%."]
+    lines += ["", "## Use", "", "```python", "import dashvl", f"model, processor = dashvl.load_model({name!r})",
+              "```", "", "or `AutoModelForImageTextToText.from_pretrained(path)` and `AutoProcessor.from_pretrained(path)`.",
+              ""]
+    return "\n".join(lines)
+
+
+def save_and_pack(name: str, run: dict, result: dict | None, args, log=print) -> Path:
+    folder = Path(args.out) / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    model = run["model"].to(torch.bfloat16).eval()
+    model.save_pretrained(folder)
+    run["processor"].save_pretrained(folder)
+    (folder / "README.md").write_text(card(name, run, result, args))
+    if result is not None:
+        (folder / "eval_test.json").write_text(json.dumps(result, indent=1))
+    size = (folder / "model.safetensors").stat().st_size
+    log(f"saved {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())) + f"; weights {size / 2**20:.2f} MiB")
+    if args.pack:
+        shutil.copy(folder / "model.safetensors", Path(args.out) / f"{name}.safetensors")
+        with tarfile.open(Path(args.out) / f"{name}.tar", "w") as tar:
+            for p in sorted(folder.iterdir()):
+                if p.name != "model.safetensors":
+                    tar.add(p, arcname=f"{name}/{p.name}")
+        shutil.rmtree(folder)
+    return folder
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=NAMES, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget (ignored with --steps)")
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=min(7, os.cpu_count() or 1))
+    ap.add_argument("--eval-per-family", type=int, default=500)
+    ap.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU smoke test")
+    ap.add_argument("--pack", action="store_true", help="also write OUT/<name>.safetensors and OUT/<name>.tar")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(f"[{args.model}] {msg}", flush=True)
+
+    run = train(args.model, args, log=log)
+    result, err = None, None
+    try:
+        model = run["model"].to(torch.bfloat16) if run["device"] == "cuda" else run["model"]
+        result = evaluate(model, run["processor"], args.eval_per_family, workers=args.workers,
+                          device=run["device"], log=log)
+    except Exception as e:  # keep the trained weights; the error is raised again below
+        err = e
+        log("evaluation failed:\n" + traceback.format_exc())
+    save_and_pack(args.model, run, result, args, log=log)
+    if err is not None:
+        raise err
+
+
+if __name__ == "__main__":
+    main()
