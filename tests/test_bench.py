@@ -1,0 +1,31 @@
+"""The GPU benchmark's code paths, run on the CPU at a toy size (the numbers mean nothing here)."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+
+
+@pytest.mark.parametrize("model,mode", [("qwen2-vl-mid", "e2e"), ("llava-mid", "llm")])
+def test_prefill_benchmark_runs_on_cpu(tmp_path, model, mode):
+    from gpu_prefill import main
+
+    tokens = "64" if mode == "e2e" and model.startswith("qwen") else "600"
+    main(["--model", model, "--mode", mode, "--device", "cpu", "--tokens", tokens, "--ratios", "0,0.5",
+          "--layers", "2,0.4", "--kv", "drop,keep", "--methods", "dash,fastv", "--reps", "1", "--warmup", "0",
+          "--out", str(tmp_path), "--tag", "_smoke"])
+    (result,) = tmp_path.glob("*_smoke.json")
+    data = json.loads(result.read_text())
+    entry = data["results"][0]
+    assert entry["checks"]["ratio0_bitwise"] is True
+    rows = entry["rows"] if mode == "llm" else entry["e2e_rows"]
+    # unmodified + ratio 0 (dash) + 0.5 x {drop, keep} x 2 layers x 2 methods
+    assert len(rows) == 1 + 2 + 8
+    assert rows[0]["setting"] == "unmodified" and rows[0]["limit"] == 1.0
+    assert all(r["limit"] > 1 for r in rows if "ratio=0.5" in r["setting"])
+    if mode == "llm":
+        assert entry["select_ms"] > 0
+    else:
+        assert entry["vision_ms"] > 0 and len(entry["llm_rows"]) == len(rows)
