@@ -22,8 +22,8 @@ def build(family: str, attn: str = "sdpa"):
 def _build(family: str, attn: str):
     if family in ("qwen2_vl", "qwen2_5_vl"):
         model, proc = tiny_qwen2_vl(attn=attn, model_type=family)
-    elif family == "llava":
-        model, proc = tiny_llava(attn=attn)
+    elif family.startswith("llava"):  # llava, llava-mistral, llava-qwen2
+        model, proc = tiny_llava(attn=attn, text_model=family.partition("-")[2] or "llama")
     else:
         model, proc = tiny_decoder(family, attn=attn)
     model.generation_config.eos_token_id = None
@@ -42,7 +42,7 @@ def make_inputs(family: str, batch: int = 1, images: int = 1):
     texts, pics = [], []
     for b in range(batch):
         words = PROMPTS[b % len(PROMPTS)]
-        if family == "llama":
+        if family in ("llama", "qwen2", "mistral"):
             texts.append(words + " " + " ".join(["describe the image"] * b))
             continue
         content = []
@@ -51,7 +51,7 @@ def make_inputs(family: str, batch: int = 1, images: int = 1):
             pics.append(sample_image(width=56 + 28 * ((b + i) % 3), height=56 + 28 * ((b + 2 * i) % 2), seed=b * 7 + i))
         content.append({"type": "text", "text": words})
         texts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
-    if family == "llama":
+    if family in ("llama", "qwen2", "mistral"):
         return dict(proc(texts, return_tensors="pt", padding=True))
     return dict(proc(text=texts, images=pics, return_tensors="pt", padding=True))
 

@@ -47,6 +47,12 @@ def test_other_layers_and_high_ratio(layer):
     _check_against_reference("qwen2_vl", "sdpa", 3, "keep", ratio=0.9, layer=layer)
 
 
+@pytest.mark.parametrize("family", ["llava-mistral", "llava-qwen2", "qwen2", "mistral"])
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_other_text_backbones_match_reference(family, kv):
+    _check_against_reference(family, "sdpa", 3, kv)
+
+
 def test_qwen2_5_vl_matches_reference():
     _check_against_reference("qwen2_5_vl", "sdpa", 3, "drop", images=2)
     _check_against_reference("qwen2_5_vl", "eager", 1, "keep")
