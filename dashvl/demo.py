@@ -1,7 +1,8 @@
 """``python -m dashvl.demo``: compress a VLM, generate, and print what DASH halted per layer.
 
-Without ``--model`` it runs offline on a tiny random-weight Qwen2-VL built from config (its answers are
-noise; the halting bookkeeping is real). With ``--model`` it loads a hub id or local path.
+Without ``--model`` it runs offline on the default model (``dashvl.models.DEFAULT_MODEL``: the bundled
+trained Qwen2-VL when present, else a tiny random-weight Qwen2-VL whose answers are noise). ``--model``
+takes a bundled name, a local folder or a hub id.
 """
 from __future__ import annotations
 
@@ -14,23 +15,19 @@ import dashvl
 
 
 def _load(args):
-    if args.model is None:
-        from dashvl.tiny import tiny_qwen2_vl
-        model, processor = tiny_qwen2_vl(num_layers=8, max_pixels=224 * 224)
-        model.generation_config.eos_token_id = None
-        return model, processor, "tiny random Qwen2-VL (8 layers, built offline from config)"
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa",
-                                                        device_map="auto" if torch.cuda.is_available() else None)
-    return model.eval(), AutoProcessor.from_pretrained(args.model), args.model
+    from dashvl.models import DEFAULT_MODEL, TINY_RANDOM
+    name = args.model or DEFAULT_MODEL
+    model, processor = dashvl.load_model(name)
+    if name in TINY_RANDOM:
+        name += " (random weights: answers are noise, halting is real)"
+    return model, processor, name
 
 
 def _image(path):
     from PIL import Image, UnidentifiedImageError
     if path is None:
         from dashvl.tiny import sample_image
-        return sample_image(224, 168, seed=3)
+        return sample_image(112, 84, seed=3)
     try:
         return Image.open(path).convert("RGB")
     except FileNotFoundError:
@@ -46,7 +43,7 @@ def _grid_text(mask: torch.Tensor) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="hub id or local path (default: tiny random Qwen2-VL, offline)")
+    p.add_argument("--model", help="bundled name, local folder or hub id (default: dashvl.models.DEFAULT_MODEL)")
     p.add_argument("--image", help="image file (default: a generated picture)")
     p.add_argument("--prompt", default="what colour is the square?")
     p.add_argument("--ratio", type=float, default=0.5)
