@@ -8,7 +8,7 @@ __all__ = ["DashConfig", "KV_MODES", "SCOPES", "METHODS"]
 
 KV_MODES = ("drop", "keep")
 SCOPES = ("all", "vision", "text")
-# How tokens are scored at the activation layer (lowest halts); see policy.SCORERS.
+# How tokens are scored at the activation layer (lowest halts); see DashHandle._on_activation_attention.
 METHODS = ("dash", "random", "fastv")
 # Each method's scope when none is given: FastV ranks image tokens only.
 DEFAULT_SCOPE = {"dash": "all", "random": "all", "fastv": "vision"}
@@ -31,6 +31,8 @@ class DashConfig:
         method: the score that ranks tokens: ``"dash"`` (Δ = ||U||₂), ``"random"`` (uniform, seeded) or
             ``"fastv"`` (attention the last token pays each token at l_s, averaged over heads).
         seed: the seed of ``"random"``.
+        vision_ratio: fraction of each image's patches that halt inside the vision tower (0: off).
+        vision_layer: the vision block v_s where they halt: an int in [0, depth-2] or a float in (0, 1).
     """
 
     ratio: float = 0.5
@@ -40,6 +42,8 @@ class DashConfig:
     protect_last: int = 1
     method: str = "dash"
     seed: int = 0
+    vision_ratio: float = 0.0
+    vision_layer: int | float = 0.25
 
     def __post_init__(self):
         if self.method == "downsample":
@@ -51,15 +55,10 @@ class DashConfig:
             object.__setattr__(self, "scope", DEFAULT_SCOPE[self.method])
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an int; got {self.seed!r}")
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 <= self.ratio < 1:
-            raise ValueError(f"ratio must be a number in [0, 1) (the fraction of eligible tokens that halt); got {self.ratio!r}")
-        if isinstance(self.layer, bool) or not isinstance(self.layer, numbers.Real):
-            raise ValueError(f"layer must be an int >= 0 or a float in (0, 1); got {self.layer!r}")
-        if isinstance(self.layer, numbers.Integral):
-            if self.layer < 0:
-                raise ValueError(f"layer must be an int >= 0 or a float in (0, 1); got {self.layer!r}")
-        elif not 0 < self.layer < 1:
-            raise ValueError(f"layer as a float is a fraction of the depth and must lie in (0, 1); got {self.layer!r}")
+        _check_ratio("ratio", self.ratio, "eligible tokens")
+        _check_layer("layer", self.layer)
+        _check_ratio("vision_ratio", self.vision_ratio, "each image's patches in the vision tower")
+        _check_layer("vision_layer", self.vision_layer)
         if self.kv not in KV_MODES:
             raise ValueError(f"kv must be one of {KV_MODES}; got {self.kv!r}")
         if self.scope not in SCOPES:
@@ -72,18 +71,11 @@ class DashConfig:
 
         Raises ValueError when it is not in [0, num_layers - 2] (at least one layer must run above it).
         """
-        if num_layers < 2:
-            raise ValueError(f"DASH needs a model with at least 2 decoder layers; this one has {num_layers}")
-        if isinstance(self.layer, numbers.Integral):
-            layer = int(self.layer)
-        else:
-            layer = min(int(self.layer * num_layers), num_layers - 2)
-        if not 0 <= layer <= num_layers - 2:
-            raise ValueError(
-                f"layer must be in [0, {num_layers - 2}] for this model ({num_layers} decoder layers), "
-                f"or a float in (0, 1); got {self.layer!r}"
-            )
-        return layer
+        return _resolve("layer", self.layer, num_layers, "decoder layers")
+
+    def resolve_vision_layer(self, num_blocks: int) -> int:
+        """The vision block v_s for a tower of ``num_blocks`` blocks (ValueError outside [0, num_blocks - 2])."""
+        return _resolve("vision_layer", self.vision_layer, num_blocks, "vision blocks")
 
     def num_halted(self, n_eligible: int) -> int:
         """floor(ρ · n), with a tolerance of 1e-9 so that e.g. 0.29 · 100 gives 29, not 28.
@@ -91,3 +83,26 @@ class DashConfig:
         The engine computes the same formula on the device in float64; keep the two in step.
         """
         return int(self.ratio * n_eligible + 1e-9)
+
+
+def _check_ratio(name, value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1) (the fraction of {what} that halt); got {value!r}")
+
+
+def _check_layer(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            (isinstance(value, numbers.Integral) and value < 0):
+        raise ValueError(f"{name} must be an int >= 0 or a float in (0, 1); got {value!r}")
+    if not isinstance(value, numbers.Integral) and not 0 < value < 1:
+        raise ValueError(f"{name} as a float is a fraction of the depth and must lie in (0, 1); got {value!r}")
+
+
+def _resolve(name, value, depth: int, what: str) -> int:
+    if depth < 2:
+        raise ValueError(f"DASH needs at least 2 {what}; this model has {depth}")
+    layer = int(value) if isinstance(value, numbers.Integral) else min(int(value * depth), depth - 2)
+    if not 0 <= layer <= depth - 2:
+        raise ValueError(f"{name} must be in [0, {depth - 2}] for this model ({depth} {what}), "
+                         f"or a float in (0, 1); got {value!r}")
+    return layer

@@ -29,6 +29,7 @@ from . import policy
 from .adapters import SUPPORTED_ATTENTION, Adapter
 from .config import DashConfig
 from .trace import HaltTrace, build_spans, visual_runs
+from .vision import VisionHalting
 
 __all__ = ["DashHandle"]
 
@@ -85,7 +86,12 @@ class DashHandle:
         self._call: _Call | None = None
         self._trace_parts = None
         self._trace: HaltTrace | None = None
+        self._trace_key = None
         self._hooks: list = []
+        self._vision = None
+        if config.vision_ratio > 0:
+            spec = adapter.vision_spec(model)
+            self._vision = VisionHalting(spec, config.vision_ratio, config.resolve_vision_layer(len(spec.blocks)))
 
     # ----------------------------------------------------------------- install / remove
 
@@ -105,6 +111,8 @@ class DashHandle:
                 hook = functools.partial(self._on_halted_layer, i)
                 self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
             self._hooks.append(layers[-1].register_forward_hook(self._on_last_layer))
+            if self._vision is not None:
+                self._hooks += self._vision.install()
         except BaseException:
             self.remove()
             raise
@@ -130,9 +138,18 @@ class DashHandle:
 
     @property
     def trace(self) -> HaltTrace | None:
-        if self._trace is None and self._trace_parts is not None:
+        """HaltTrace of the last prefill (built on first access, so the forward never waits for the CPU copy)."""
+        vision_parts = self._vision.trace_parts if self._vision is not None else None
+        key = (id(self._trace_parts), id(vision_parts))
+        if self._trace_parts is not None and key != self._trace_key:
             self._trace = self._build_trace(*self._trace_parts)
+            self._trace_key = key
         return self._trace
+
+    @property
+    def vision_layer(self) -> int | None:
+        """The resolved vision block v_s, or None when the vision tower is not halted."""
+        return self._vision.layer if self._vision is not None else None
 
     def __repr__(self) -> str:
         c = self.config
@@ -279,7 +296,6 @@ class DashHandle:
                 call.h_index, call.h_valid = policy.compact_index(halted, call.h_width)
         self._trace_parts = (call.scores, call.active if call.active is not None else call.real,
                              call.kinds, call.grid_kwargs)
-        self._trace = None
         return None
 
     def _on_halted_layer(self, i, module, args, kwargs):
@@ -390,9 +406,10 @@ class DashHandle:
                                active.sum(1, keepdim=True).expand(-1, L - ls - 1)], 1)
         grids = self.adapter.visual_grids(self.model, grid_kwargs, [visual_runs(row) for row in kinds])
         c = self.config
+        vision = self._vision.trace(len(self._vision.spec.blocks)) if self._vision is not None else None
         return HaltTrace(layer=ls, num_layers=L, ratio=c.ratio, kv=c.kv, scope=c.scope, method=c.method,
                          scores=scores, active=active, kinds=kinds, tokens_per_layer=per_layer,
-                         spans=build_spans(kinds, grids))
+                         spans=build_spans(kinds, grids), vision=vision)
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,7 @@ def tiny_qwen2_vl(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, see
 
 
 def tiny_llava(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0, init_std: float = 0.2,
-               text_model: str = "llama", image_size: int = 56):
+               text_model: str = "llama", image_size: int = 56, vision_layers: int = 2):
     """A tiny LLaVA-1.5 (CLIP tower, 2-layer projector, Llama / Mistral / Qwen2 text model) and its processor."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
                               LlavaProcessor)
@@ -125,7 +125,7 @@ def tiny_llava(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: 
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         **({"sliding_window": None} if text_model == "mistral" else {}))
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=2,
                               image_size=image_size, patch_size=14, initializer_range=init_std)
     side = image_size // 14
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,

@@ -43,6 +43,7 @@ class HaltTrace:
         kinds: int8 [B, T], KIND_TEXT / KIND_IMAGE / KIND_VIDEO / KIND_PAD (names in ``kind_names``).
         tokens_per_layer: long [B, L], real tokens each layer processed per row.
         spans: the images and videos of every row with the positions of their tokens.
+        vision: what the vision tower halted (``dashvl.vision.VisionTrace``), when vision_ratio > 0.
     """
 
     layer: int
@@ -56,6 +57,7 @@ class HaltTrace:
     kinds: torch.Tensor
     tokens_per_layer: torch.Tensor
     spans: tuple[VisualSpan, ...]
+    vision: object = None
 
     kind_names = KIND_NAMES
 

@@ -22,6 +22,8 @@ def build(family: str, attn: str = "sdpa"):
 def _build(family: str, attn: str):
     if family in ("qwen2_vl", "qwen2_5_vl"):
         model, proc = tiny_qwen2_vl(attn=attn, model_type=family)
+    elif family == "llava-deep-vision":  # a 3-layer CLIP, so halting at layer 0 reaches the features (layer -2)
+        model, proc = tiny_llava(attn=attn, vision_layers=3)
     elif family.startswith("llava"):  # llava, llava-mistral, llava-qwen2
         model, proc = tiny_llava(attn=attn, text_model=family.partition("-")[2] or "llama")
     else:

@@ -33,6 +33,10 @@ class Adapter:
     def check(self, model: nn.Module) -> None:
         """Raise ValueError for a model of this family that the engine cannot serve correctly."""
 
+    def vision_spec(self, model: nn.Module):
+        """The vision tower's layout for halting inside it (``dashvl.vision.VisionSpec``)."""
+        raise ValueError(f"{model.config.model_type!r} models have no vision tower: vision_ratio must be 0")
+
     def image_token_id(self, model: nn.Module) -> int | None:
         return None
 

@@ -20,6 +20,16 @@ class LlavaAdapter(Adapter):
             raise ValueError(f"LLaVA with a {text_type!r} text model is not supported; "
                              f"supported text backbones: {', '.join(TEXT_BACKBONES)}")
 
+    def vision_spec(self, model):
+        from ..vision import VisionSpec
+        tower = model.model.vision_tower
+        if getattr(tower.config, "model_type", None) != "clip_vision_model":
+            raise ValueError(f"halting inside LLaVA's vision tower supports CLIP towers; this one is "
+                             f"{tower.config.model_type!r}: use vision_ratio=0")
+        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+        return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn",
+                          layout="batched", prefix=1)
+
     def image_token_id(self, model):
         return model.config.image_token_id
 

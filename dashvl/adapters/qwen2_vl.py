@@ -13,6 +13,15 @@ class Qwen2VLAdapter(Adapter):
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.language_model.layers
 
+    def vision_spec(self, model):
+        from ..vision import VisionSpec
+        if model.config.model_type != "qwen2_vl":
+            raise ValueError("halting inside the vision tower supports Qwen2-VL and LLaVA; Qwen2.5-VL's windowed "
+                             "vision attention is not handled yet: use vision_ratio=0 with it")
+        visual = model.model.visual
+        return VisionSpec(tower=visual, blocks=visual.blocks, attention="attn", layout="packed",
+                          merge=visual.spatial_merge_size)
+
     def image_token_id(self, model):
         return model.config.image_token_id
 

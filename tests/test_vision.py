@@ -1,0 +1,199 @@
+"""Halting inside the vision tower: exact at ratio 0, equal to a full-length masked reference above it."""
+import pytest
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.vision_utils import get_vision_position_ids
+
+import dashvl
+from helpers import build, generate, make_inputs
+
+ATOL = 2e-4
+
+
+def _image_features(model, inputs):
+    keys = ("pixel_values", "image_grid_thw")
+    with torch.no_grad():
+        out = model.model.get_image_features(**{k: inputs[k] for k in keys if k in inputs}).pooler_output
+    return torch.cat(list(out))
+
+
+class VisionReference:
+    """Full-length tower: blocks above ``layer`` see halted patches masked as keys, and halted patches'
+    outputs are reset to their state after block ``layer``. Selection: per frame / image, the
+    floor(ratio * n) lowest ||attention output||, ties to the earlier patch (CLS never halts)."""
+
+    def __init__(self, model, layer, ratio):
+        self.model, self.layer, self.ratio = model, layer, ratio
+        self.family = model.config.model_type
+
+    def _segments(self, inputs):
+        if self.family == "qwen2_vl":
+            return [h * w for t, h, w in inputs["image_grid_thw"].tolist() for _ in range(t)]
+        return None
+
+    @torch.no_grad()
+    def features(self, inputs):
+        if self.family == "qwen2_vl":
+            tower = self.model.model.visual
+            blocks, attn_name = tower.blocks, "attn"
+        else:
+            tower = self.model.model.vision_tower
+            encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+            blocks, attn_name = encoder.layers, "self_attn"
+        state, hooks = {}, []
+
+        def select(module, args, kwargs, output):
+            u = (output[0] if isinstance(output, tuple) else output).float().norm(dim=-1)
+            if self.family == "qwen2_vl":
+                halted = torch.zeros(u.shape[0], dtype=torch.bool)
+                start = 0
+                for n in self._segments(inputs):
+                    k = int(self.ratio * n + 1e-9)
+                    order = sorted(range(start, start + n), key=lambda i: (float(u[i]), i))[:k]
+                    halted[order] = True
+                    start += n
+            else:
+                halted = torch.zeros(u.shape, dtype=torch.bool)
+                for b in range(u.shape[0]):
+                    k = int(self.ratio * (u.shape[1] - 1) + 1e-9)
+                    order = sorted(range(1, u.shape[1]), key=lambda i: (float(u[b, i]), i))[:k]
+                    halted[b, order] = True
+            state["halted"] = halted
+
+        def freeze(module, args, output):
+            state["frozen"] = output[0] if isinstance(output, tuple) else output
+
+        def reset(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            h = state["halted"]
+            out = torch.where(h[..., None], state["frozen"], out)
+            return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+
+        hooks.append(getattr(blocks[self.layer], attn_name).register_forward_hook(select, with_kwargs=True))
+        hooks.append(blocks[self.layer].register_forward_hook(freeze))
+        for block in blocks[self.layer + 1:]:
+            hooks.append(block.register_forward_hook(reset, prepend=True))  # before the output recorders
+            hooks.append(block.register_forward_pre_hook(self._masking(state), with_kwargs=True))
+        try:
+            return _image_features(self.model, inputs), state["halted"]
+        finally:
+            for h in hooks:
+                h.remove()
+            self._restore()
+
+    def _masking(self, state):
+        """Hide halted patches as keys in the next block's attention."""
+        if self.family == "qwen2_vl":
+            # the packed tower runs one attention call per frame with no mask: wrap the backend for the call
+            cfg = self.model.model.visual.config
+            backend = cfg._attn_implementation
+            inner = ALL_ATTENTION_FUNCTIONS[backend] if backend != "eager" else None
+            self._saved = (cfg, backend)
+
+            def masked(module, q, k, v, attention_mask=None, **kw):
+                n = q.shape[2]
+                keep = ~state["halted"][state["offset"]:state["offset"] + n]
+                state["offset"] += n
+                mask = torch.zeros(1, 1, n, n).masked_fill(~keep[None, None, None, :], torch.finfo(q.dtype).min)
+                return ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, mask, **{**kw, "is_causal": False})
+
+            ALL_ATTENTION_FUNCTIONS["dashvl_masked"] = masked
+
+            def pre(module, args, kwargs):
+                state["offset"] = 0
+                cfg._attn_implementation = "dashvl_masked"
+
+            return pre
+
+        def pre(module, args, kwargs):
+            h = state["halted"]
+            mask = torch.zeros(h.shape[0], 1, h.shape[1], h.shape[1])
+            mask = mask.masked_fill(h[:, None, None, :], torch.finfo(torch.float32).min)
+            return (args[0], mask) + tuple(args[2:]), kwargs
+
+        return pre
+
+    def _restore(self):
+        if getattr(self, "_saved", None):
+            cfg, backend = self._saved
+            cfg._attn_implementation = backend
+            del ALL_ATTENTION_FUNCTIONS["dashvl_masked"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava-deep-vision"])
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_vision_halting_matches_reference(family, ratio):
+    model, _ = build(family)
+    inputs = make_inputs(family, 3, 2)  # several images of different sizes
+    want, halted = VisionReference(model, 0, ratio).features(inputs)
+    with dashvl.compress(model, ratio=0.0, vision_ratio=ratio, vision_layer=0) as h:
+        got = _image_features(model, inputs)
+        with torch.no_grad():
+            model(**inputs)
+        vision = h.trace.vision
+    assert torch.equal(~vision.active, halted)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert not torch.allclose(got, _image_features(model, inputs))  # halting changed the features
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_vision_ratio_zero_and_nothing_halted_are_bitwise(family):
+    model, _ = build(family)
+    inputs = make_inputs(family, 3, 2)
+    want = generate(model, inputs)
+    # hooks installed, every patch active (floor(0.01 * n) = 0): the gather/scatter path must be exact
+    with dashvl.compress(model, ratio=0.0, vision_ratio=0.01, vision_layer=0) as h:
+        got = generate(model, inputs)
+        assert h.trace.vision is not None and h.trace.vision.active.all()
+    assert torch.equal(got.sequences, want.sequences)
+    assert torch.equal(torch.stack(got.logits), torch.stack(want.logits))
+    with dashvl.compress(model, ratio=0.0, vision_ratio=0.0) as h:
+        assert torch.equal(generate(model, inputs).sequences, want.sequences)
+        assert h.trace.vision is None
+
+
+def test_vision_and_llm_halting_compose_in_generate():
+    model, _ = build("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", 3, 2)
+    with dashvl.compress(model, ratio=0.5, layer=1, vision_ratio=0.5, vision_layer=0) as h:
+        out = generate(model, inputs)
+        trace = h.trace
+    assert out.sequences.shape[0] == 3
+    assert trace.halted.any() and not trace.vision.active.all()
+
+
+def test_vision_patch_masks_follow_the_merge_grouped_patch_order():
+    model, _ = build("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", 1, 2)
+    with dashvl.compress(model, ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
+        model(**inputs)
+    vision = h.trace.vision
+    thw = inputs["image_grid_thw"]
+    pos = get_vision_position_ids(thw, model.config.vision_config.spatial_merge_size)
+    assert len(vision.grids) == 2
+    for i, (t, hh, w) in enumerate(thw.tolist()):
+        # the packed patches' rotary (h, w) ids, laid onto the trace's grid, are its row / column indices
+        rows = vision._grid_view(pos[:, 0], i)
+        cols = vision._grid_view(pos[:, 1], i)
+        assert torch.equal(rows, torch.arange(hh).view(1, hh, 1).expand(t, hh, w))
+        assert torch.equal(cols, torch.arange(w).view(1, 1, w).expand(t, hh, w))
+        mask = vision.patch_mask(i)
+        assert mask.shape == (t, hh, w) and int(mask.sum()) == t * int(0.5 * hh * w)
+    with pytest.raises(ValueError, match=r"saw 2 image\(s\); asked for image 2"):
+        vision.patch_mask(2)
+
+
+def test_vision_refusals():
+    with pytest.raises(ValueError, match=r"vision_ratio must be a number in \[0, 1\)"):
+        dashvl.DashConfig(vision_ratio=1.0)
+    with pytest.raises(ValueError, match=r"vision_layer must be an int >= 0 or a float in \(0, 1\)"):
+        dashvl.DashConfig(vision_layer=-2)
+    model, _ = build("qwen2_vl")
+    with pytest.raises(ValueError, match=r"vision_layer must be in \[0, 0\] for this model \(2 vision blocks\)"):
+        dashvl.compress(model, vision_ratio=0.5, vision_layer=1)
+    text_model, _ = build("llama")
+    with pytest.raises(ValueError, match=r"'llama' models have no vision tower: vision_ratio must be 0"):
+        dashvl.compress(text_model, vision_ratio=0.5)
+    qwen25, _ = build("qwen2_5_vl")
+    with pytest.raises(ValueError, match=r"Qwen2.5-VL's windowed vision attention is not handled yet"):
+        dashvl.compress(qwen25, vision_ratio=0.5)
