@@ -1,11 +1,11 @@
-# make test: set up .venv with the pinned constraints and run the test suite.
-# make demo: same set-up, then compress a small Qwen2-VL, generate, and show what was halted per layer.
+# make demo: set up .venv (pinned by constraints.txt), then start the halting viewer on the bundled model.
+# make test: the same set-up plus a headless Chromium for the browser test, then the whole test suite.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench-cpu clean
+.PHONY: test demo demo-cli bench-cpu browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -13,10 +13,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Debian's chromium + chromedriver for tests/test_app.py's browser test (needs root; skipped otherwise).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "note: no /usr/bin/chromium and not root: the browser test will be skipped"; fi; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
+	$(BIN)/python -m apps.halting_viewer
+
+demo-cli: $(STAMP)
 	$(BIN)/python -m dashvl.demo
 
 bench-cpu: $(STAMP)

@@ -1,0 +1,1 @@
+"""Applications built on dashvl (``python -m apps.halting_viewer``)."""

@@ -1,0 +1,256 @@
+"""The halting viewer: in process, through gradio_client against a launched server, and in a real browser.
+
+The browser test needs Debian's chromium and chromium-driver; it skips only where /usr/bin/chromium is
+absent. ``DASHVL_SCREENSHOT=1`` makes it save docs/halting_viewer.png (tests write nothing by default).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import dashvl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # apps/ lives at the repository root, beside dashvl/
+from apps import halting_viewer as hv  # noqa: E402
+
+# gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix
+pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SHAPES = str(hv.EXAMPLES_DIR / "shapes.png")
+SIGN = str(hv.EXAMPLES_DIR / "sign.png")
+GOOD = dict(prompt="what colour is the square?", ratio=0.5, layer=1, kv="drop", scope="all", max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return dashvl.load_model("tiny-random-qwen2-vl")
+
+
+@pytest.fixture(scope="module")
+def viewer(qwen):
+    return hv.Viewer(*qwen, "tiny-random-qwen2-vl")
+
+
+@pytest.fixture(scope="module")
+def server(qwen):
+    demo = hv.build_demo(*qwen, model_name="tiny-random-qwen2-vl")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hv.launch(demo, port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def _predict(client, files, prompt, ratio=0.5, layer=1, kv="drop", scope="all", max_new_tokens=6, view_layer=3,
+             method="dash"):
+    files = None if files is None else [handle_file(f) for f in files]
+    return client.predict(files, prompt, ratio, layer, kv, scope, max_new_tokens, view_layer, method,
+                          api_name="/run")
+
+
+# ----------------------------------------------------------------- in process
+
+
+def test_examples_are_small_pngs():
+    assert 3 <= len(hv.EXAMPLES) <= 4
+    for name, prompt in hv.EXAMPLES:
+        path = hv.EXAMPLES_DIR / name
+        assert path.stat().st_size < 50_000 and prompt
+        assert Image.open(path).format == "PNG"
+
+
+def test_build_demo_in_process(qwen):
+    demo = hv.build_demo(*qwen, model_name="tiny-random-qwen2-vl")
+    assert isinstance(demo, gr.Blocks)
+    assert demo._queue.default_concurrency_limit == 1  # one request on the model at a time
+    fns = {fn.api_name: fn for fn in demo.fns.values()}
+    assert {"run", "overlays"} <= set(fns)
+    out = fns["run"].fn([SHAPES, SIGN], GOOD["prompt"], 0.5, 1, "drop", "all", 6, 3)
+    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens, state = out
+    assert status.startswith("done: 2 image(s)") and "saved" in flops
+    assert plain and dash and "ms" in plain_md and "layers 2–3" in dash_md
+    assert len(overlays) == len(heat) == 2 and isinstance(overlays[0][0], Image.Image)
+    assert isinstance(state, hv.ViewerResult) and plot is not None
+    assert any(label == "halted" for _, label in tokens)
+    # the layer slider re-renders from the session's state alone
+    assert [c for _, c in fns["overlays"].fn(state, 0)][0].endswith("tokens processed (halting starts above layer 1)")
+    with pytest.warns(UserWarning, match="the prompt is empty"):  # gr.Warning outside a request: a warning
+        assert fns["run"].fn([SHAPES], "  ", 0.5, 1, "drop", "all", 6, 3)[0].startswith("error: the prompt is empty")
+
+
+def test_build_demo_needs_the_processor(qwen):
+    with pytest.raises(ValueError, match="without its processor"):
+        hv.build_demo(qwen[0])
+
+
+@pytest.mark.parametrize("method", ["random", "fastv"])
+def test_viewer_runs_the_baselines(viewer, method):
+    result = viewer.run([SHAPES], **GOOD, method=method)
+    assert result.trace.method == method and result.trace.halted.any()
+    assert result.trace.scope == "all"  # the scope the UI passed, not FastV's own default (vision)
+
+
+def test_viewer_on_llava_two_images():
+    viewer = hv.Viewer(*dashvl.load_model("tiny-random-llava"), "tiny-random-llava")
+    assert viewer.crop == 1.0  # CLIP: the grid covers the centred square
+    result = viewer.run([SHAPES, SIGN], **GOOD)
+    assert [s.grid for s in result.trace.spans] == [(1, 4, 4), (1, 4, 4)]
+    assert len(hv.overlays(result, 3)) == 2 and result.dash.token_layers < result.plain.token_layers
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(prompt=""), "the prompt is empty"),
+    (dict(prompt="   \n"), "the prompt is empty"),
+    (dict(prompt="x" * 2001), "at most 2000"),
+    (dict(ratio=1.0), r"ratio must be a number in \[0, 1\)"),
+    (dict(ratio=-0.1), r"ratio must be a number in \[0, 1\)"),
+    (dict(ratio="much"), r"ratio must be a number in \[0, 1\); got 'much'"),
+    (dict(layer=3), r"layer must be in \[0, 2\] for this model \(4 decoder layers\)"),
+    (dict(layer=1.5), "layer must be a whole number"),
+    (dict(kv="sometimes"), r"kv must be one of \('drop', 'keep'\)"),
+    (dict(scope="pixels"), r"scope must be one of \('all', 'vision', 'text'\)"),
+    (dict(max_new_tokens=0), r"max new tokens must be in \[1, 64\]"),
+    (dict(max_new_tokens=None), "max new tokens must be a whole number"),
+    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv'\)"),
+])
+def test_bad_settings_are_refused_with_the_allowed_range(change, message):
+    args = {**GOOD, **change}
+    with pytest.raises(hv.InputError, match=message):
+        hv.Request.parse(**args, num_layers=4)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and that holds (almost) no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_bad_images_are_refused(viewer, tmp_path):
+    (tmp_path / "noise.png").write_bytes(b"\x89PNG not really" * 20)
+    (tmp_path / "words.jpg").write_text("a text file with an image's name")
+    (tmp_path / "cut.png").write_bytes(Path(SIGN).read_bytes()[:1500])
+    (tmp_path / "huge.png").write_bytes(_png_header(8_000, 8_000))
+    (tmp_path / "bomb.png").write_bytes(_png_header(20_000, 20_000))
+    cases = [
+        (None, "no image"), ([], "no image"), ([SHAPES] * 5, "at most 4"),
+        ([str(tmp_path / "noise.png")], r"image 1 \(noise.png\) is not a readable image"),
+        ([SHAPES, str(tmp_path / "words.jpg")], r"image 2 \(words.jpg\) is not a readable image"),
+        ([str(tmp_path / "cut.png")], "is not a readable image"),
+        ([str(tmp_path / "huge.png")], "8000x8000 px; the viewer decodes at most 50 megapixels"),
+        ([str(tmp_path / "bomb.png")], r"image 1 \(bomb.png\) is too large to decode"),
+    ]
+    for paths, message in cases:
+        with pytest.raises(hv.InputError, match=message):
+            viewer.load_images(paths)
+
+
+def test_large_image_is_downscaled_to_the_pixel_budget(viewer, tmp_path):
+    Image.new("RGB", (2400, 1600), (200, 30, 30)).save(tmp_path / "big.png")
+    model_imgs, shown, notes = viewer.load_images([str(tmp_path / "big.png"), SHAPES])
+    budget = viewer.processor.image_processor.size["longest_edge"]  # Qwen2-VL: max pixels
+    assert model_imgs[0].width * model_imgs[0].height <= budget
+    assert abs(model_imgs[0].width / model_imgs[0].height - 1.5) < 0.05
+    assert notes[0].startswith("image 1 (2400x1600 px) was downscaled to") and "pixel budget" in notes[0]
+    assert max(shown[0].size) == hv.DISPLAY_SIDE
+
+
+def test_main_loads_and_launches(monkeypatch):
+    launched = {}
+    monkeypatch.setattr(hv, "launch", lambda demo, host, port: launched.update(demo=demo, host=host, port=port))
+    hv.main(["--model", "tiny-random-llava", "--port", "7999"])
+    assert isinstance(launched["demo"], gr.Blocks) and (launched["host"], launched["port"]) == ("127.0.0.1", 7999)
+    with pytest.raises(SystemExit, match="cannot serve --model './no/such/model'"):
+        hv.main(["--model", "./no/such/model"])
+    with pytest.raises(SystemExit):
+        hv.main(["--port", "70000"])
+
+
+# ----------------------------------------------------------------- through gradio_client
+
+
+def test_client_runs_an_example(server):
+    out = _predict(Client(server, verbose=False), [SHAPES], "what colour is the square?")
+    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens = out  # the State stays server-side
+    assert "downscaled" in status and "done: 1 image(s)" in status
+    assert plain and dash and "LLM prefill" in dash_md
+    assert len(overlays) == 1 and overlays[0]["caption"].startswith("image 1, layer 3:")
+    assert Image.open(overlays[0]["image"]).size[0] == hv.RENDER_SIDE
+    assert len(heat) == 1 and plot["type"] == "matplotlib" and "saved" in flops
+    assert {t["class_or_confidence"] for t in tokens} >= {"halted", "active", "image"}
+
+
+def test_client_bad_input_gets_a_message_and_the_server_lives_on(server, tmp_path):
+    client = Client(server, verbose=False)
+    assert _predict(client, None, "what?")[0] == "error: no image: upload one (PNG, JPEG, WebP, ...) or click an example"
+    assert _predict(client, [SHAPES], "")[0].startswith("error: the prompt is empty")
+    (tmp_path / "broken.png").write_bytes(b"not a picture at all")
+    assert "is not a readable image" in _predict(client, [str(tmp_path / "broken.png")], "what?")[0]
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AppError, match="Invalid file type"):
+        _predict(client, [str(tmp_path / "notes.txt")], "what?")
+    with pytest.raises(AppError, match="greater than maximum value 0.95"):
+        _predict(client, [SHAPES], "what?", ratio=1.5)
+    assert _predict(client, [SHAPES], "what?")[0].startswith("done")
+
+
+def test_sessions_do_not_share_results(server):
+    one, two = Client(server, verbose=False), Client(server, verbose=False)
+    _predict(one, [SHAPES], "what?")
+    _predict(two, [SHAPES, SIGN], "what?")
+    assert len(one.predict(2, api_name="/overlays")) == 1
+    assert len(two.predict(2, api_name="/overlays")) == 2
+
+
+# ----------------------------------------------------------------- in a browser
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium and chromium-driver "
+                    "(apt-get install -y chromium chromium-driver)")
+def test_browser_runs_an_example(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,2300", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(server)
+        wait = WebDriverWait(driver, 40)
+        value = lambda css: driver.find_element(By.CSS_SELECTOR, css).get_attribute("value")  # noqa: E731
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item"))[0].click()
+        wait.until(lambda d: value("#prompt textarea") == hv.EXAMPLES[0][1])
+        wait.until(lambda d: "shapes" in d.find_element(By.ID, "images").text)  # name and ".png" in two elements
+        driver.find_element(By.CSS_SELECTOR, "#run").click()
+        wait.until(lambda d: value("#dash textarea") and value("#plain textarea"))
+        assert value("#status textarea").startswith("done: 1 image(s)"), value("#status textarea")
+        overlay = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlays img"))[0]
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+        assert driver.execute_script("return arguments[0].naturalWidth", overlay) == hv.RENDER_SIDE
+        assert driver.find_elements(By.CSS_SELECTOR, "#heatmaps img") and driver.find_elements(By.CSS_SELECTOR, "#plot img")
+        if os.environ.get("DASHVL_SCREENSHOT"):
+            (ROOT / "docs").mkdir(exist_ok=True)
+            driver.save_screenshot(str(ROOT / "docs" / "halting_viewer.png"))
+    finally:
+        driver.quit()
