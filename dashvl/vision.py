@@ -8,8 +8,8 @@ gathers its active patches and scatters its output back, so hidden states record
 the second-to-last layer) have full length.
 
 Two layouts, given by the adapter's ``VisionSpec``:
-- ``"packed"`` (Qwen2-VL): all images' patches in one [N, d] sequence, one attention segment per frame
-  (``cu_seqlens``), rotary cos/sin per patch.
+- ``"packed"`` (Qwen2-VL, Qwen2.5-VL): all images' patches in one [N, d] sequence, attention segments given
+  per block by ``cu_seqlens`` (frames; Qwen2.5-VL's windowed blocks: windows), rotary cos/sin per patch.
 - ``"batched"`` (CLIP in LLaVA): [images, 1 + patches, d] with a CLS token that never halts.
 """
 from __future__ import annotations
@@ -34,6 +34,9 @@ class VisionSpec:
     layout: str               # "packed" or "batched"
     merge: int = 1            # packed: spatial merge size (patch order is merge-grouped)
     prefix: int = 0           # batched: leading tokens that never halt (CLS)
+    # packed: ``order(grid_thw) -> p`` when the blocks see patches permuted (Qwen2.5-VL's windows):
+    # block order = merge-grouped order[p]. Images and frames stay contiguous either way.
+    order: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +124,7 @@ class VisionHalting:
             self._select_packed(st, scores, kwargs)
         else:
             self._select_batched(st, scores)
-        self.trace_parts = (scores, st["active"], st["grids"], st["starts"])
+        self.trace_parts = (scores, st["active"], st["grids"], st["starts"], st.get("order"))
         return None
 
     def _select_packed(self, st, scores, kwargs):
@@ -141,12 +144,14 @@ class VisionHalting:
         active = ~halted
         width = sum(keep)
         index = torch.sort(active.to(torch.uint8), stable=True).indices[scores.numel() - width:]
+        # active patches before each position: maps any block's segment bounds onto the compact sequence
         cum = torch.cat([torch.zeros(1, dtype=torch.long, device=device), active.long().cumsum(0)])
         cos, sin = kwargs["position_embeddings"]
         counts = [t * h * w for t, h, w in thw]
-        st.update(active=active, index=index, cu_seqlens=cum[kwargs["cu_seqlens"]].to(kwargs["cu_seqlens"].dtype),
-                  max_seqlen=max(keep), pos=(cos[index], sin[index]), grids=tuple(tuple(g) for g in thw),
+        st.update(active=active, index=index, cum=cum, pos=(cos[index], sin[index]), grids=tuple(tuple(g) for g in thw),
                   starts=tuple(sum(counts[:i]) for i in range(len(counts))))
+        if self.spec.order is not None:
+            st["order"] = self.spec.order(st["grid_thw"])
 
     def _select_batched(self, st, scores):
         B, S = scores.shape
@@ -169,7 +174,9 @@ class VisionHalting:
         index = st["index"]
         if self.spec.layout == "packed":
             compact = hidden.index_select(0, index)
-            kwargs.update(cu_seqlens=st["cu_seqlens"], max_seqlen=st["max_seqlen"], position_embeddings=st["pos"])
+            # max_seqlen stays: the full segments' maximum bounds the compact ones
+            cu = kwargs["cu_seqlens"]
+            kwargs.update(cu_seqlens=st["cum"][cu.long()].to(cu.dtype), position_embeddings=st["pos"])
         else:
             compact = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         if args:
@@ -192,7 +199,12 @@ class VisionHalting:
     def trace(self, num_blocks: int) -> VisionTrace | None:
         if self.trace_parts is None:
             return None
-        scores, active, grids, starts = self.trace_parts
-        return VisionTrace(layer=self.layer, num_blocks=num_blocks, ratio=self.ratio, scores=scores.float().cpu(),
-                           active=active.cpu(), grids=grids, merge=self.spec.merge, prefix=self.spec.prefix,
+        scores, active, grids, starts, order = self.trace_parts
+        scores, active = scores.float().cpu(), active.cpu()
+        if order is not None:  # back to the merge-grouped raster order the grids describe
+            order = order.cpu()
+            scores = torch.empty_like(scores).index_copy_(0, order, scores)
+            active = torch.empty_like(active).index_copy_(0, order, active)
+        return VisionTrace(layer=self.layer, num_blocks=num_blocks, ratio=self.ratio, scores=scores,
+                           active=active, grids=grids, merge=self.spec.merge, prefix=self.spec.prefix,
                            starts=starts)

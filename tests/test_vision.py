@@ -10,6 +10,11 @@ from helpers import build, generate, make_inputs
 ATOL = 2e-4
 
 
+def _window_order(model, inputs):
+    from dashvl.adapters.qwen2_vl import _window_order as order
+    return order(model.model.visual)(inputs["image_grid_thw"])
+
+
 def _image_features(model, inputs):
     keys = ("pixel_values", "image_grid_thw")
     with torch.no_grad():
@@ -27,13 +32,13 @@ class VisionReference:
         self.family = model.config.model_type
 
     def _segments(self, inputs):
-        if self.family == "qwen2_vl":
+        if self.family in ("qwen2_vl", "qwen2_5_vl"):
             return [h * w for t, h, w in inputs["image_grid_thw"].tolist() for _ in range(t)]
         return None
 
     @torch.no_grad()
     def features(self, inputs):
-        if self.family == "qwen2_vl":
+        if self.family in ("qwen2_vl", "qwen2_5_vl"):
             tower = self.model.model.visual
             blocks, attn_name = tower.blocks, "attn"
         else:
@@ -44,7 +49,7 @@ class VisionReference:
 
         def select(module, args, kwargs, output):
             u = (output[0] if isinstance(output, tuple) else output).float().norm(dim=-1)
-            if self.family == "qwen2_vl":
+            if self.family in ("qwen2_vl", "qwen2_5_vl"):  # frames stay contiguous in window order too
                 halted = torch.zeros(u.shape[0], dtype=torch.bool)
                 start = 0
                 for n in self._segments(inputs):
@@ -83,7 +88,7 @@ class VisionReference:
 
     def _masking(self, state):
         """Hide halted patches as keys in the next block's attention."""
-        if self.family == "qwen2_vl":
+        if self.family in ("qwen2_vl", "qwen2_5_vl"):
             # the packed tower runs one attention call per frame with no mask: wrap the backend for the call
             cfg = self.model.model.visual.config
             backend = cfg._attn_implementation
@@ -120,7 +125,7 @@ class VisionReference:
             del ALL_ATTENTION_FUNCTIONS["dashvl_masked"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava-deep-vision"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava-deep-vision"])
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_vision_halting_matches_reference(family, ratio):
     model, _ = build(family)
@@ -131,6 +136,9 @@ def test_vision_halting_matches_reference(family, ratio):
         with torch.no_grad():
             model(**inputs)
         vision = h.trace.vision
+    if family == "qwen2_5_vl":  # the reference sees the blocks' window order; the trace is in raster order
+        order = _window_order(model, inputs)
+        halted = torch.empty_like(halted).index_copy_(0, order, halted)
     assert torch.equal(~vision.active, halted)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     assert not torch.allclose(got, _image_features(model, inputs))  # halting changed the features
@@ -194,6 +202,32 @@ def test_vision_refusals():
     text_model, _ = build("llama")
     with pytest.raises(ValueError, match=r"'llama' models have no vision tower: vision_ratio must be 0"):
         dashvl.compress(text_model, vision_ratio=0.5)
-    qwen25, _ = build("qwen2_5_vl")
-    with pytest.raises(ValueError, match=r"Qwen2.5-VL's windowed vision attention is not handled yet"):
-        dashvl.compress(qwen25, vision_ratio=0.5)
+
+
+def test_qwen2_5_vl_vision_trace_is_in_raster_order():
+    """Qwen2.5-VL's blocks see patches grouped by window; the trace puts each score back on its (h, w) cell."""
+    from transformers.vision_utils import get_vision_window_index
+    model, _ = build("qwen2_5_vl")
+    inputs = make_inputs("qwen2_5_vl", 1, 2)
+    visual = model.model.visual
+    thw = inputs["image_grid_thw"]
+    scores = {}
+
+    def keep(module, args, output):
+        scores["u"] = output.float().norm(dim=-1)
+
+    hook = visual.blocks[0].attn.register_forward_hook(keep)
+    with dashvl.compress(model, ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
+        model(**inputs)
+    hook.remove()
+    # the (h, w) of each patch in the blocks' order, through transformers' own window permutation
+    window_index, _ = get_vision_window_index(thw, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+    pos = get_vision_position_ids(thw, visual.spatial_merge_size).float()
+    pos = visual.permute_input_for_window_attn(pos, window_index, seq_len=pos.shape[0]).long()
+    vision = h.trace.vision
+    start = 0
+    for i, (t, hh, w) in enumerate(thw.tolist()):
+        grid = vision.score_grid(i)
+        for j in range(start, start + t * hh * w):  # one frame per image here
+            assert grid[0, pos[j, 0], pos[j, 1]] == scores["u"][j]
+        start += t * hh * w

@@ -15,12 +15,10 @@ class Qwen2VLAdapter(Adapter):
 
     def vision_spec(self, model):
         from ..vision import VisionSpec
-        if model.config.model_type != "qwen2_vl":
-            raise ValueError("halting inside the vision tower supports Qwen2-VL and LLaVA; Qwen2.5-VL's windowed "
-                             "vision attention is not handled yet: use vision_ratio=0 with it")
         visual = model.model.visual
+        order = _window_order(visual) if model.config.model_type == "qwen2_5_vl" else None
         return VisionSpec(tower=visual, blocks=visual.blocks, attention="attn", layout="packed",
-                          merge=visual.spatial_merge_size)
+                          merge=visual.spatial_merge_size, order=order)
 
     def image_token_id(self, model):
         return model.config.image_token_id
@@ -73,3 +71,18 @@ def _grids_from_positions(position_ids: torch.Tensor, runs) -> list[list[ImageGr
                 items.append((kind, t, h, w))
         out.append(items)
     return out
+
+
+def _window_order(visual):
+    """Qwen2.5-VL runs its blocks on patches regrouped by attention window: the permutation, per patch."""
+    from transformers.vision_utils import get_vision_window_index
+
+    unit = visual.spatial_merge_size ** 2
+
+    def order(grid_thw: torch.Tensor) -> torch.Tensor:
+        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                                  window_size=visual.window_size, patch_size=visual.patch_size)
+        window_index = window_index.to(grid_thw.device)
+        return (window_index[:, None] * unit + torch.arange(unit, device=grid_thw.device)).flatten()
+
+    return order
