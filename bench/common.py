@@ -7,7 +7,7 @@ import time
 import torch
 
 import dashvl
-from dashvl.flops import flops_speedup
+from dashvl.flops import flops_speedup, vision_flops
 
 # Real models' text backbones (speed does not depend on the weights' values).
 SHAPES = {
@@ -36,7 +36,7 @@ def build_model(name: str, device: str, dtype, attn: str = "sdpa", vision: bool 
         text = dict(shape, max_position_embeddings=32768, bos_token_id=0, eos_token_id=1,
                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section})
         vision_cfg = dict(depth=32, embed_dim=1280, hidden_size=shape["hidden_size"], num_heads=16) \
-            if vision and name in REAL_VISION else dict(depth=1, embed_dim=64, hidden_size=shape["hidden_size"], num_heads=2)
+            if vision and name in REAL_VISION else dict(depth=2, embed_dim=64, hidden_size=shape["hidden_size"], num_heads=2)
         v = shape["vocab_size"]  # special ids at the end of the vocabulary, whatever its size
         config = Qwen2VLConfig(text_config=text, vision_config=vision_cfg, image_token_id=v - 2,
                                video_token_id=v - 1, vision_start_token_id=v - 4, vision_end_token_id=v - 3)
@@ -122,7 +122,7 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
     call = make_call()
     variants = [None] + list(settings)
     samples = {i: [] for i in range(len(variants))}
-    limits, peaks = {0: 1.0}, {}
+    limits, vision_limits, peaks = {0: 1.0}, {0: 1.0}, {}
     with torch.no_grad():
         if cuda:  # let the clocks ramp up before timing
             t0 = time.perf_counter()
@@ -137,7 +137,11 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
                     with dashvl.compress(model, **s) as handle:
                         timing = _timed(call, cuda)
                         if rep == 0:
-                            limits[i] = flops_speedup(text_config(model), handle.trace)
+                            trace, vision = handle.trace, handle.vision_trace
+                            limits[i] = flops_speedup(text_config(model), trace) if trace is not None else 1.0
+                            if vision is not None:
+                                full, halted = vision_flops(handle._vision.spec.blocks, vision)
+                                vision_limits[i] = full / halted
                 if rep >= warmup:
                     samples[i].append(timing)
                 if cuda and rep == warmup:
@@ -148,9 +152,10 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
         ms = statistics.median(t for t, _ in samples[i])
         host = statistics.median(h for _, h in samples[i])
         name = "unmodified" if s is None else " ".join(f"{k}={v}" for k, v in s.items()
-                                                      if (k, v) not in (("method", "dash"), ("scope", "all")))
+                                                      if (k, v) not in (("method", "dash"), ("scope", "all"))
+                                                      and not (k.startswith("vision") and not s.get("vision_ratio")))
         rows.append(dict(setting=name, ms=ms, host_ms=host, speedup=base / ms, limit=limits[i],
-                         **({"peak_gib": peaks[i]} if i in peaks else {})))
+                         vision_limit=vision_limits.get(i, 1.0), **({"peak_gib": peaks[i]} if i in peaks else {})))
     return rows
 
 

@@ -41,6 +41,9 @@ def main(argv=None, **defaults):
     p.add_argument("--layers", default="2", help="comma list; a float is a fraction of the depth")
     p.add_argument("--kv", default="drop,keep")
     p.add_argument("--methods", default="dash", help="comma list of dash, random, fastv")
+    p.add_argument("--vision-ratios", default="", help="e2e: comma list of vision_ratio values (vision tower "
+                   "alone, and with the LLM at the same ratio)")
+    p.add_argument("--vision-layer", default="0.25", help="vision block v_s (int, or float fraction)")
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -65,6 +68,10 @@ def main(argv=None, **defaults):
     settings = [dict(method=m, ratio=float(r), layer=l, kv=kv, scope="all")
                 for m in args.methods.split(",") for l in layers for kv in args.kv.split(",")
                 for r in args.ratios.split(",") if not (float(r) == 0 and (kv == "keep" or m != "dash"))]
+    vision_layer = float(args.vision_layer) if "." in args.vision_layer else int(args.vision_layer)
+    for vr in [float(x) for x in args.vision_ratios.split(",") if x]:
+        settings.append(dict(ratio=0.0, vision_ratio=vr, vision_layer=vision_layer))
+        settings.append(dict(ratio=vr, layer=layers[0], kv="drop", vision_ratio=vr, vision_layer=vision_layer))
     results = []
     for T in [int(t) for t in args.tokens.split(",")]:
         torch.manual_seed(T)
@@ -85,7 +92,8 @@ def main(argv=None, **defaults):
         else:
             entry.update(e2e_split(model, inputs, settings, args, cuda))
             extra = f"vision tower alone: {entry['vision_ms']:.2f} ms"
-            rows = entry["llm_rows"] + [dict(r, setting="TTFT " + r["setting"]) for r in entry["e2e_rows"]]
+            rows = ([dict(r, setting="vision " + r["setting"]) for r in entry["vision_rows"]] + entry["llm_rows"]
+                    + [dict(r, setting="TTFT " + r["setting"]) for r in entry["e2e_rows"]])
         print(f"\n## {args.model}, {args.mode}, {n} tokens, {args.attn}; checks: {checks}; {extra}\n\n"
               f"{markdown(rows, ['peak_gib'] if cuda else [])}", flush=True)
         results.append(entry)
@@ -95,23 +103,23 @@ def main(argv=None, **defaults):
 
 
 def e2e_split(model, inputs, settings, args, cuda) -> dict:
-    """Vision tower alone; LLM on its outputs (per setting); whole prefill (per setting, Amdahl limit)."""
+    """Vision tower alone, LLM on the unmodified tower's outputs, whole prefill: per setting. The whole
+    prefill's limit is Amdahl's over the measured unmodified parts and each part's FLOPs limit."""
     visual_kwargs = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    vision = lambda: model.model.get_image_features(**visual_kwargs)  # noqa: E731
+    vision_rows = time_settings(model, lambda: vision, settings, args.reps, args.warmup, cuda=cuda)
     with torch.no_grad():
-        vision = lambda: model.model.get_image_features(**visual_kwargs)  # noqa: E731
-        for _ in range(args.warmup):
-            vision()
-        vision_ms = sorted(_timed(vision, cuda)[0] for _ in range(args.reps))[args.reps // 2]
         encoded = {"image": vision()}
     llm_inputs = {k: v for k, v in inputs.items() if k not in ("pixel_values",)}
     llm = lambda: model(**llm_inputs, mm_encoder_outputs=encoded, use_cache=True, logits_to_keep=1)  # noqa: E731
     llm_rows = time_settings(model, lambda: llm, settings, args.reps, args.warmup, cuda=cuda)
     e2e_rows = time_settings(model, lambda: (lambda: model(**inputs, use_cache=True, logits_to_keep=1)),
                              settings, args.reps, args.warmup, cuda=cuda)
-    base_llm = llm_rows[0]["ms"]
-    for llm_row, e2e_row in zip(llm_rows, e2e_rows):
-        e2e_row["limit"] = (vision_ms + base_llm) / (vision_ms + base_llm / llm_row["limit"])
-    return dict(vision_ms=vision_ms, llm_rows=llm_rows, e2e_rows=e2e_rows)
+    V, L = vision_rows[0]["ms"], llm_rows[0]["ms"]
+    for v_row, llm_row, e2e_row in zip(vision_rows, llm_rows, e2e_rows):
+        v_row["limit"] = e2e_row["vision_limit"]
+        e2e_row["limit"] = (V + L) / (V / e2e_row["vision_limit"] + L / llm_row["limit"])
+    return dict(vision_ms=V, vision_rows=vision_rows, llm_rows=llm_rows, e2e_rows=e2e_rows)
 
 
 @torch.no_grad()

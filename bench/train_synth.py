@@ -187,16 +187,85 @@ def answer_ids(processor, answer: str) -> list[int]:
     return tok(lead + answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
 
 
-class TrainStream(torch.utils.data.Dataset):
-    """Item ``i``: a train sample (family from ``ROUND``), its question sometimes followed by an eval suffix,
-    processed into ``input_ids`` / ``labels`` (-100 on the prompt) and the image tensors."""
+def _unique(items):
+    return [x for x in items if items.count(x) == 1]
 
-    def __init__(self, processor, length: int, seed_offset: int = 0):
-        self.processor, self.length, self.offset = processor, length, seed_offset
+
+def extra_questions(scene, rng) -> list[tuple[str, str]]:
+    """Every other question of the suite's families that ``scene`` (what ``synth._build`` drew) settles."""
+    objs = [(c, s) for c, s, _ in scene.objects]
+    out = []
+    if objs:
+        c, s = rng.choice(objs)
+        out.append((f"Is there {synth._a(c)} {c} {s} in the image?", "Yes"))
+        absent = [(c2, s) for c2 in synth.COLOURS if (c2, s) not in objs] + \
+                 [(c, s2) for s2 in synth.SHAPES if (c, s2) not in objs]
+        if absent:
+            c2, s2 = rng.choice(absent)
+            out.append((f"Is there {synth._a(c2)} {c2} {s2} in the image?", "No"))
+    for shape in _unique([s for _, s in objs]):
+        out.append((f"What colour is the {shape}?", next(c for c, s in objs if s == shape)))
+    for colour in _unique([c for c, _ in objs]):
+        out.append((f"What shape is the {colour} object?", next(s for c, s in objs if c == colour)))
+    if 1 <= len(objs) <= 6:
+        out.append(("How many shapes are in the image?", str(len(objs))))
+    for c, s, box in scene.objects:
+        if objs.count((c, s)) != 1:
+            continue
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        for pos in synth.POSITIONS:
+            (x0, x1), (y0, y1) = synth._region(pos, scene.w, scene.h)
+            if x0 <= cx <= x1 and y0 <= cy <= y1:
+                out.append((f"Is the {c} {s} on the left, right, top or bottom of the image?", pos))
+    if len(scene.words) == 1:
+        out.append(("What word is written in the image?", scene.words[0][0]))
+    return out
+
+
+def cell_labels(scene, rows: int, cols: int) -> torch.Tensor:
+    """``[rows * cols, 3]`` (raster order): the colour, shape and word (index + 1; 0 = none) under each visual
+    token's cell centre. Targets of the auxiliary loss on the visual tokens."""
+    colours, words = list(synth.COLOURS), list(synth.WORDS)
+    lab = torch.zeros(rows, cols, 3, dtype=torch.long)
+    for c, s, (x0, y0, x1, y1) in scene.objects:
+        r0, r1 = math.floor(y0 / scene.h * rows - 0.5) + 1, math.ceil(y1 / scene.h * rows - 0.5)
+        c0, c1 = math.floor(x0 / scene.w * cols - 0.5) + 1, math.ceil(x1 / scene.w * cols - 0.5)
+        if r0 < r1 and c0 < c1:
+            lab[max(r0, 0):r1, max(c0, 0):c1, 0] = colours.index(c) + 1
+            lab[max(r0, 0):r1, max(c0, 0):c1, 1] = synth.SHAPES.index(s) + 1
+        else:  # smaller than a cell: the cell holding its centre
+            r, cc = min(int((y0 + y1) / 2 / scene.h * rows), rows - 1), min(int((x0 + x1) / 2 / scene.w * cols), cols - 1)
+            lab[r, cc, 0], lab[r, cc, 1] = colours.index(c) + 1, synth.SHAPES.index(s) + 1
+    for w, (x0, y0, x1, y1) in scene.words:
+        r0, r1 = int(y0 / scene.h * rows), max(int(y0 / scene.h * rows) + 1, math.ceil(y1 / scene.h * rows))
+        c0, c1 = int(x0 / scene.w * cols), max(int(x0 / scene.w * cols) + 1, math.ceil(x1 / scene.w * cols))
+        lab[r0:r1, c0:c1, 2] = words.index(w) + 1
+    return lab.view(-1, 3)
+
+
+AUX_CLASSES = (len(synth.COLOURS) + 1, len(synth.SHAPES) + 1, len(synth.WORDS) + 1)
+
+
+class TrainStream(torch.utils.data.Dataset):
+    """Item ``i``: a train image (its family from ``ROUND``) with ``turns`` questions about it as a multi-turn
+    chat (its own question first, then others the scene settles), questions sometimes followed by an eval
+    suffix; ``input_ids`` / ``labels`` (-100 except on the answers and end-of-turn tokens), the image tensors,
+    and ``cell_labels`` for the auxiliary loss on the visual tokens."""
+
+    def __init__(self, processor, length: int, turns: int = 4, seed_offset: int = 0):
+        self.processor, self.length, self.offset, self.turns = processor, length, seed_offset, turns
         self.per_round = {f: ROUND.count(f) for f in synth.FAMILIES}
+        self.qwen = processor.tokenizer.bos_token != "<s>"
 
     def __len__(self):
         return self.length
+
+    def _suffixed(self, q: str, rng) -> str:
+        if q.startswith("Is there") and rng.random() < 0.35:
+            q += synth.MME_SUFFIX
+        if rng.random() < 0.35:
+            q += synth.LMMS_POST_PROMPT
+        return q
 
     def __getitem__(self, i):
         import random
@@ -204,23 +273,37 @@ class TrainStream(torch.utils.data.Dataset):
         r, j = divmod(i, len(ROUND))
         family = ROUND[j]
         k = r * self.per_round[family] + ROUND[:j].count(family)
-        s = synth.make_sample("train", family, k)
-        rng = random.Random(f"suffix/{i}")
-        q = s.question
-        if family == "existence" and rng.random() < 0.35:
-            q += synth.MME_SUFFIX
-        if rng.random() < 0.35:
-            q += synth.LMMS_POST_PROMPT
-        enc = self.processor(text=[prompt_for(self.processor, q)], images=[s.image], return_tensors="pt")
-        ans = torch.tensor(answer_ids(self.processor, s.answer))
-        item = {k: v[0] for k, v in enc.items() if k in ("input_ids", "mm_token_type_ids")}
-        item["labels"] = torch.cat([torch.full_like(item["input_ids"], -100), ans])
-        item["input_ids"] = torch.cat([item["input_ids"], ans])
-        if "mm_token_type_ids" in item:
-            item["mm_token_type_ids"] = torch.cat([item["mm_token_type_ids"], torch.zeros_like(ans)])
-        item["pixel_values"] = enc["pixel_values"]
+        scene, q0, a0 = synth._build("train", family, k)
+        rng = random.Random(f"turns/{i}")
+        extra = [qa for qa in extra_questions(scene, rng) if qa[0] != q0]
+        rng.shuffle(extra)
+        qas = [(q0, a0)] + extra[:self.turns - 1]
+        tok = self.processor.tokenizer
+        enc = self.processor(text=[prompt_for(self.processor, self._suffixed(q0, rng))], images=[scene.img],
+                             return_tensors="pt")
+        ids, labels = [enc["input_ids"][0]], [torch.full_like(enc["input_ids"][0], -100)]
+        for t, (q, a) in enumerate(qas):
+            ans = torch.tensor(answer_ids(self.processor, a))
+            ids.append(ans)
+            labels.append(ans)
+            if t + 1 < len(qas):
+                nq = self._suffixed(qas[t + 1][0], rng)
+                cont = (f"\n<|im_start|>user\n{nq}<|im_end|>\n<|im_start|>assistant\n" if self.qwen
+                        else f"USER: {nq} ASSISTANT:")
+                c = torch.tensor(tok(cont, add_special_tokens=False).input_ids)
+                ids.append(c)
+                labels.append(torch.full_like(c, -100))
+        item = {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "pixel_values": enc["pixel_values"]}
+        if "mm_token_type_ids" in enc:
+            mm = enc["mm_token_type_ids"][0]
+            item["mm_token_type_ids"] = torch.cat([mm, torch.zeros(len(item["input_ids"]) - len(mm), dtype=mm.dtype)])
         if "image_grid_thw" in enc:
             item["image_grid_thw"] = enc["image_grid_thw"]
+            _, gh, gw = enc["image_grid_thw"][0].tolist()
+            item["cell_labels"] = cell_labels(scene, gh // 2, gw // 2)
+        else:
+            side = enc["pixel_values"].shape[-1] // 14
+            item["cell_labels"] = cell_labels(scene, side, side)
         return item
 
 
@@ -239,6 +322,7 @@ def collate(items, pad_id: int):
         if "mm_token_type_ids" in it:
             out["mm_token_type_ids"][b, :m] = it["mm_token_type_ids"]
     out["pixel_values"] = torch.cat([it["pixel_values"] for it in items])
+    out["cell_labels"] = torch.cat([it["cell_labels"] for it in items])
     if "image_grid_thw" in items[0]:
         out["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items])
     return out
@@ -302,20 +386,33 @@ class _TestSamples(torch.utils.data.Dataset):
 def train(name: str, args, log=print) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
-    model, processor = BUILDERS[name](tiny=args.tiny, seed=args.seed)
+    if args.init:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        model = AutoModelForImageTextToText.from_pretrained(args.init, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained(args.init)
+    else:
+        model, processor = BUILDERS[name](tiny=args.tiny, seed=args.seed)
     model.config._attn_implementation = "sdpa"
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{name}: {n_params / 1e6:.2f} M parameters, vocab {len(processor.tokenizer)}, device {device}")
     max_steps = args.steps or 10 ** 7
-    ds = TrainStream(processor, length=max_steps * args.batch)
+    ds = TrainStream(processor, length=max_steps * args.batch, turns=args.turns)
+    # Auxiliary loss (training only, not saved): a linear probe on the visual tokens the LLM receives predicts
+    # the colour, shape and word under each token's cell, so that the vision tower learns from the first steps.
+    hidden = model.config.text_config.hidden_size
+    aux_head = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, sum(AUX_CLASSES))).to(device)
+    feats = {}
+    visual_out = model.model.visual.merger if hasattr(model.model, "visual") else model.model.multi_modal_projector
+    hook = visual_out.register_forward_hook(lambda mod, inp, out: feats.__setitem__("v", out))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, num_workers=args.workers,
                                          collate_fn=_collate_with(processor.tokenizer.pad_token_id),
                                          worker_init_fn=_worker_init, pin_memory=device == "cuda",
                                          prefetch_factor=6 if args.workers else None,
                                          persistent_workers=False)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    named = list(model.named_parameters()) + list(aux_head.named_parameters(prefix="aux"))
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8, fused=device == "cuda")
     budget = args.minutes * 60 if not args.steps else None
@@ -331,20 +428,26 @@ def train(name: str, args, log=print) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        cells = batch.pop("cell_labels")
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss = model(**batch).loss
+            lm_loss = model(**batch).loss
+            logits = aux_head(feats.pop("v").reshape(-1, hidden)).float()
+        aux = sum(torch.nn.functional.cross_entropy(part, cells[:, j])
+                  for j, part in enumerate(logits.split(AUX_CLASSES, dim=-1)))
+        loss = lm_loss + args.aux * aux
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % 50 == 0 or step <= 3 or args.steps:
-            v = loss.item()
+            v = lm_loss.item()
             ema = v if ema is None else 0.9 * ema + 0.1 * v
-            log(f"step {step} loss {v:.4f} ema {ema:.4f} lr {lr:.2e} t {time.time() - t0:.0f}s "
+            log(f"step {step} loss {v:.4f} ema {ema:.4f} aux {aux.item():.3f} lr {lr:.2e} t {time.time() - t0:.0f}s "
                 f"(waiting for data {waited:.0f}s)")
         t_wait = time.time()
     train_s = time.time() - t0
+    hook.remove()
     log(f"trained {step} steps × {args.batch} in {train_s:.0f} s")
     return {"model": model, "processor": processor, "steps": step, "train_s": train_s, "n_params": n_params,
             "device": device}
@@ -439,6 +542,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--workers", type=int, default=min(7, os.cpu_count() or 1))
+    ap.add_argument("--turns", type=int, default=4, help="questions per training image (a multi-turn chat)")
+    ap.add_argument("--aux", type=float, default=1.0, help="weight of the auxiliary loss on the visual tokens")
+    ap.add_argument("--init", help="start from this model folder instead of random weights")
     ap.add_argument("--eval-per-family", type=int, default=500)
     ap.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU smoke test")
     ap.add_argument("--pack", action="store_true", help="also write OUT/<name>.safetensors and OUT/<name>.tar")

@@ -147,6 +147,11 @@ class DashHandle:
         return self._trace
 
     @property
+    def vision_trace(self):
+        """VisionTrace of the vision tower's last call (also set when only the tower ran), or None."""
+        return self._vision.trace(len(self._vision.spec.blocks)) if self._vision is not None else None
+
+    @property
     def vision_layer(self) -> int | None:
         """The resolved vision block v_s, or None when the vision tower is not halted."""
         return self._vision.layer if self._vision is not None else None
@@ -406,7 +411,7 @@ class DashHandle:
                                active.sum(1, keepdim=True).expand(-1, L - ls - 1)], 1)
         grids = self.adapter.visual_grids(self.model, grid_kwargs, [visual_runs(row) for row in kinds])
         c = self.config
-        vision = self._vision.trace(len(self._vision.spec.blocks)) if self._vision is not None else None
+        vision = self.vision_trace
         return HaltTrace(layer=ls, num_layers=L, ratio=c.ratio, kv=c.kv, scope=c.scope, method=c.method,
                          scores=scores, active=active, kinds=kinds, tokens_per_layer=per_layer,
                          spans=build_spans(kinds, grids), vision=vision)

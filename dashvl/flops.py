@@ -53,3 +53,32 @@ def flops_speedup(text_config, trace: HaltTrace, row: int = 0) -> float:
     """The speedup the FLOPs allow: unmodified / DASH prefill FLOPs."""
     full, dash = prefill_flops(text_config, trace, row)
     return full / dash
+
+
+def vision_flops(blocks, trace) -> tuple[int, int]:
+    """``(unmodified, with halting)`` FLOPs of a vision tower's blocks for one ``VisionTrace``.
+
+    Per patch: 2 FLOPs per weight of every linear layer in a block (qkv, projection, MLP); per pair of
+    patches attending to each other within an attention segment (a frame, or a batched image): 4 · width.
+    Qwen2.5-VL's windowed blocks are counted as full-frame attention, an upper bound on both sides.
+    """
+    block = blocks[0]
+    per_token = 2 * sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    width = next(m for m in block.modules() if isinstance(m, torch.nn.Linear)).in_features
+    if trace.starts is None:  # batched: one segment per row
+        full_segments = [trace.active.shape[1]] * trace.active.shape[0]
+        active_segments = trace.active.sum(1).tolist()
+    else:
+        full_segments, active_segments = [], []
+        for (t, h, w), start in zip(trace.grids, trace.starts):
+            for f in range(t):
+                frame = trace.active[start + f * h * w:start + (f + 1) * h * w]
+                full_segments.append(h * w)
+                active_segments.append(int(frame.sum()))
+
+    def cost(segments):
+        return sum(n * per_token + 4 * width * n * n for n in segments)
+
+    depth, above = trace.num_blocks, trace.num_blocks - trace.layer - 1
+    unmodified = depth * cost(full_segments)
+    return unmodified, (depth - above) * cost(full_segments) + above * cost(active_segments)

@@ -30,3 +30,21 @@ def test_prefill_flops_from_trace():
         if kv == "drop":
             assert dash == 2 * layer_flops(text, T, T * (T + 1) // 2) + 2 * layer_flops(text, a, a * (a + 1) // 2)
         assert 1 < flops_speedup(text, h.trace) < 2  # at most 4 / 2: layers 0-1 run in full
+
+
+def test_vision_flops_count_active_patches():
+    from dashvl.flops import vision_flops
+    model, _ = build("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", 1, 2)
+    blocks = model.model.visual.blocks
+    with dashvl.compress(model, ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
+        model(**inputs)
+    vt = h.trace.vision
+    full, halted = vision_flops(blocks, vt)
+    d = model.config.vision_config.embed_dim
+    per_token = 2 * (3 * d * d + d * d + 2 * d * d * model.config.vision_config.mlp_ratio)
+    frames = [hh * w for t, hh, w in inputs["image_grid_thw"].tolist()]
+    kept = [n - n // 2 for n in frames]
+    cost = lambda ns: sum(n * per_token + 4 * d * n * n for n in ns)  # noqa: E731
+    assert full == 2 * cost(frames)
+    assert halted == cost(frames) + cost(kept)
