@@ -4,6 +4,7 @@ Flow of one model call (a prefill, a second-turn prompt or a decode step):
 
 1. model pre-hook: read token ids and the 2-D padding mask; count eligible tokens per row on the host
    (the only host sync, taken before the GPU has work queued) so every later shape is known in advance.
+   (The language model's own pre-hook does the same when it is called directly.)
 2. layer 0 pre-hook: note the cache and how many tokens it already holds.
 3. layer l_s attention hook: Δ = ||U||₂ per token; select the lowest-Δ eligible tokens; build gather indices.
 4. layer l_s+1 pre-hook: gather hidden states, cos/sin and the frozen tokens' inputs; build one mask for all
@@ -53,6 +54,7 @@ class _Call:
     def __init__(self, B: int, T: int, real, kinds, grid_kwargs):
         self.B, self.T = B, T
         self.real, self.kinds, self.grid_kwargs = real, kinds, grid_kwargs
+        self.started = False       # set when the language model begins running this call
         self.num_halt = None       # per-row halted counts (host ints) when this call halts anything
         self.cache = None
         self.past_len = 0
@@ -97,10 +99,13 @@ class DashHandle:
 
     def _install(self) -> None:
         m, layers, ls = self.model, self._layers, self.layer
+        lm = self.adapter.language_model(m)
         try:
             self._hooks += [
                 m.register_forward_pre_hook(self._on_call, with_kwargs=True),
                 m.register_forward_hook(self._on_call_end, always_call=True),
+                lm.register_forward_pre_hook(self._on_language_model, with_kwargs=True),
+                lm.register_forward_hook(self._on_call_end, always_call=True),
                 layers[0].register_forward_pre_hook(self._on_first_layer, with_kwargs=True),
                 layers[ls].self_attn.register_forward_hook(self._on_activation_attention),
             ]
@@ -194,21 +199,35 @@ class DashHandle:
                              "(halted layers run on fewer tokens); read handle.trace, or restore the model first")
         self.check_backend()
         self.check_generation()
+        self._call = self._prepare(args, kwargs, self.adapter.trace_inputs(kwargs))
+        return None
 
+    def _on_language_model(self, module, args, kwargs):
+        """The decoder stack starts: use the call the model prepared, or prepare one (called directly)."""
+        call = self._call
+        if call is None or call.started:
+            call = self._call = self._prepare(args, kwargs, {})
+        if call is not None:
+            call.started = True
+        return None
+
+    def _prepare(self, args, kwargs, grid_kwargs) -> _Call | None:
+        """Token kinds, eligibility and, when anything halts, every shape of the halted region."""
+        cfg = self.config
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         shaped = ids if ids is not None else embeds
         if shaped is None:
-            self._call = None
             return None
         B, T = shaped.shape[:2]
         mask = kwargs.get("attention_mask")
+        if isinstance(mask, dict):  # generate() may hand the language model its prepared masks
+            mask = None
         if mask is not None and mask.dim() != 2:
             raise ValueError(f"dashvl needs a 2-D attention_mask [batch, length] (1 = token, 0 = padding); "
                              f"got shape {tuple(mask.shape)}")
         real = mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=shaped.device)
         kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
-        grid_kwargs = self.adapter.trace_inputs(kwargs)
         call = _Call(B, T, real, kinds, grid_kwargs)
 
         if cfg.ratio > 0 and T > 1:
@@ -228,8 +247,7 @@ class DashHandle:
                 call.all_valid = min(n_active) == call.width     # no filler slots anywhere
                 call.h_width = max(num_halt)                     # kv="keep": frozen key slots per row
                 call.h_all_valid = min(num_halt) == call.h_width
-        self._call = call
-        return None
+        return call
 
     def _on_call_end(self, module, args, output):
         self._call = None
@@ -238,10 +256,9 @@ class DashHandle:
         hidden = args[0] if args else kwargs["hidden_states"]
         B, T = hidden.shape[:2]
         call = self._call
-        if call is None:  # the language model was called on its own: no ids, no padding information
-            real = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
-            call = self._call = _Call(B, T, real, policy.token_kinds(None, real, None, None), {})
-        elif (call.B, call.T) != (B, T):
+        if call is None:  # the layers were called on their own: no halting plan, nothing halts
+            return None
+        if (call.B, call.T) != (B, T):
             raise RuntimeError(f"the language model received {B}x{T} tokens but the model call had "
                                f"{call.B}x{call.T} ids; dashvl needs prompts whose visual tokens the processor "
                                "already expanded")

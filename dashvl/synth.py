@@ -70,7 +70,7 @@ def _background(rng: random.Random, w: int, h: int) -> Image.Image:
     """A muted (low-saturation) textured background with grey clutter: lines, blobs, dots."""
     g = np.random.default_rng(rng.getrandbits(63))
     base = rng.uniform(70, 190)
-    tint = np.array([rng.uniform(-18, 18) for _ in range(3)])
+    tint = np.array([rng.uniform(-18, 18) for _ in range(3)], np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     kind = rng.choice(("noise", "stripes", "checker", "gradient"))
     if kind == "stripes":
@@ -84,8 +84,8 @@ def _background(rng: random.Random, w: int, h: int) -> Image.Image:
         lum = 40 * ((xx * math.cos(a) + yy * math.sin(a)) / max(w, h))
     else:
         lum = np.zeros((h, w), np.float32)
-    lum = lum + g.normal(0, rng.uniform(4, 16), (h, w))
-    arr = base + lum[..., None] + tint[None, None, :] + g.normal(0, 3, (h, w, 3))
+    lum += g.standard_normal((h, w), dtype=np.float32) * rng.uniform(4, 16) + base
+    arr = (lum[..., None] + tint[None, None, :]) + g.integers(-5, 6, (h, w, 3), dtype=np.int8)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(rng.randint(3, 12)):  # clutter, all grey-ish so that it has no colour name

@@ -116,3 +116,17 @@ def test_batch_rows_use_max_active_slots():
     active = h.trace.active.sum(1)
     assert seen == [(3, int(active.max()))]
     assert len(set(active.tolist())) > 1  # rows really differ
+
+
+def test_language_model_called_directly_halts_too():
+    """Calling the decoder stack itself (as some pipelines do) gets the same halting as the whole model."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+        logits = model(**inputs).logits
+        whole = h.trace
+        hidden = model.model(**inputs).last_hidden_state
+        direct = h.trace
+    assert direct is not whole and torch.equal(direct.halted, whole.halted) and direct.halted.any()
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(model.lm_head(hidden)[real], logits[real], atol=1e-5, rtol=0)

@@ -27,8 +27,12 @@ class Adapter:
     def text_config(self, model: nn.Module):
         return model.config.get_text_config(decoder=True)
 
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack (embeddings -> layers -> norm) that holds ``.layers``."""
+        return model.model
+
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.layers
+        return self.language_model(model).layers
 
     def check(self, model: nn.Module) -> None:
         """Raise ValueError for a model of this family that the engine cannot serve correctly."""

@@ -11,8 +11,8 @@ TEXT_BACKBONES = ("llama", "mistral", "qwen2")
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
 
-    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.language_model.layers
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
 
     def check(self, model):
         text_type = model.config.text_config.model_type

@@ -10,8 +10,8 @@ from .base import Adapter, ImageGrid
 class Qwen2VLAdapter(Adapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
 
-    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.language_model.layers
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
 
     def vision_spec(self, model):
         from ..vision import VisionSpec
