@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 def test_prefill_benchmark_runs_on_cpu(tmp_path, model, mode):
     from gpu_prefill import main
 
-    tokens = "64" if mode == "e2e" and model.startswith("qwen") else "600"
+    tokens = "64" if mode == "e2e" else "128"
     vision = ["--vision-ratios", "0.5", "--vision-layer", "0"] if mode == "e2e" else []
     main(["--model", model, "--mode", mode, "--device", "cpu", "--tokens", tokens, "--ratios", "0,0.5",
           "--layers", "2,0.4", "--kv", "drop,keep", "--methods", "dash,fastv", "--reps", "1", "--warmup", "0",
