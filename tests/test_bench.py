@@ -15,15 +15,15 @@ def test_prefill_benchmark_runs_on_cpu(tmp_path, model, mode):
     tokens = "64" if mode == "e2e" else "128"
     vision = ["--vision-ratios", "0.5", "--vision-layer", "0"] if mode == "e2e" else []
     main(["--model", model, "--mode", mode, "--device", "cpu", "--tokens", tokens, "--ratios", "0,0.5",
-          "--layers", "2,0.4", "--kv", "drop,keep", "--methods", "dash,fastv", "--reps", "1", "--warmup", "0",
+          "--layers", "2,0.4", "--kv", "drop", "--methods", "dash,fastv", "--reps", "1", "--warmup", "0",
           "--out", str(tmp_path), "--tag", "_smoke"] + vision)
     (result,) = tmp_path.glob("*_smoke.json")
     data = json.loads(result.read_text())
     entry = data["results"][0]
     assert entry["checks"]["ratio0_bitwise"] is True
     rows = entry["rows"] if mode == "llm" else entry["e2e_rows"]
-    # unmodified + ratio 0 (dash) + 0.5 x {drop, keep} x 2 layers x 2 methods (+ vision alone, vision + LLM)
-    assert len(rows) == 1 + 2 + 8 + (2 if mode == "e2e" else 0)
+    # unmodified + ratio 0 at 2 layers + 0.5 x 2 layers x 2 methods (+ vision alone, vision + LLM)
+    assert len(rows) == 1 + 2 + 4 + (2 if mode == "e2e" else 0)
     assert rows[0]["setting"] == "unmodified" and rows[0]["limit"] == 1.0
     assert all(r["limit"] > 1 for r in rows if "ratio=0.5" in r["setting"])
     if mode == "llm":
