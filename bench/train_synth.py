@@ -2,13 +2,18 @@
 
 Builds a small ``Qwen2VLForConditionalGeneration`` (+ ``Qwen2VLProcessor``) or ``LlavaForConditionalGeneration``
 (CLIP vision tower, Llama text model, + ``LlavaProcessor``) with a byte-level BPE tokenizer trained here on the
-suite's language and the real models' chat templates; trains it on the ``train`` split (answer tokens only,
-bf16 autocast, AdamW, a cosine schedule over a wall-clock budget or a step count); saves it in bfloat16 with
-``save_pretrained``; evaluates greedy generations on the ``test`` split per family; writes a model card.
+suite's language and the real models' chat templates; trains it on the ``train`` split (each image a multi-turn
+chat, loss on the answers, plus an auxiliary per-visual-token loss that is not saved; bf16 autocast, AdamW, a
+cosine schedule over a wall-clock budget or a step count); saves it in bfloat16 with ``save_pretrained``;
+evaluates greedy generations on the ``test`` split per family; writes a model card.
 
-    # what made assets/models/ (one H200, both models at once, ~5 min):
-    python bench/train_synth.py --model qwen2-vl-synth --minutes 4.3 --out OUT &
-    python bench/train_synth.py --model llava-synth --minutes 4.3 --out OUT &
+    # what made assets/models/ (one H200, both models at once; see each model card):
+    #   stage 1 (an earlier recipe: one question per image, no auxiliary loss), 4.5 min:
+    python bench/train_synth.py --model qwen2-vl-synth --minutes 4.5 --batch 96 --lr 1e-3 --turns 1 --aux 0 --out OUT --pack &
+    #   stage 2, 1.2 min:
+    python bench/train_synth.py --model qwen2-vl-synth --init assets/models/qwen2-vl-synth --minutes 1.2 --batch 64 \
+        --lr 1e-3 --warmup 50 --eval-per-family 200 --out OUT --pack &
+    # (the same for llava-synth). Far too short to reach the suite's accuracy bars: give it 10+ minutes.
     # a CPU smoke test:
     python bench/train_synth.py --model qwen2-vl-synth --steps 3 --batch 4 --tiny --eval-per-family 4 --out /tmp/s
 
@@ -484,12 +489,15 @@ def card(name: str, run: dict, result: dict | None, args) -> str:
              "`dashvl.synth.make_split('train', ...)`: images 160–448 px a side, 1–6 shapes (circle, square, "
              "triangle, star in red, green, blue, yellow, purple, orange) and rendered words on noise / stripes / "
              "checker / gradient backgrounds with grey clutter. Mix per round of 10: existence 2, colour 1, shape 1, "
-             "count 2, position 2, reading 2. A third of the questions carry lmms-eval's post-prompt "
+             f"count 2, position 2, reading 2; each image is a {args.turns}-turn chat (its family's question, then "
+             "others the scene settles). A third of the questions carry lmms-eval's post-prompt "
              "(\"Answer the question using a single word or phrase.\"), a third of existence questions MME's "
-             "\" Please answer yes or no.\". Loss on the answer tokens and the end-of-turn token only.", "",
+             "\" Please answer yes or no.\". Loss on the answer tokens and the end-of-turn tokens, plus "
+             f"{args.aux} × an auxiliary loss (training only, not saved): a linear probe on the visual tokens "
+             "predicts the colour, shape and word under each token's cell.", "",
              "## Training", "",
-             "```", f"python bench/train_synth.py --model {name} --minutes {args.minutes} --batch {args.batch} "
-             f"--lr {args.lr} --workers {args.workers} --out OUT --pack", "```", "",
+             "```", "python " + " ".join(sys.argv), "```", "",
+             (f"Continued from `{args.init}`. " if args.init else ""),
              f"{run['steps']} steps of batch {args.batch} ({run['steps'] * args.batch:,} samples) in "
              f"{run['train_s'] / 60:.1f} min on one {hw} (shared with the other bundled model's run), AdamW "
              f"(lr {args.lr}, warm-up {args.warmup} steps, cosine over the time budget, weight decay 0.05), bf16 "
