@@ -14,7 +14,10 @@ Registered through the ``lmms_eval.models`` entry point (pyproject), so after ``
   max_pixels, min_pixels, system_prompt, ...) plus dashvl's ``method`` (dash, random, fastv, downsample),
   ``ratio`` (0 = the unmodified model), ``layer``, ``kv``, ``scope``, ``protect_last``, ``seed``.
   ``pretrained`` also takes dashvl's bundled names and ``tiny-random-qwen2-vl`` / ``tiny-random-llava``.
-- Every prefill (the model call that reads the prompt, vision tower included) is timed, and for each sample
+  The model goes to one device per process (``device_map`` may name it; ``"auto"`` is refused); under
+  ``accelerate launch`` each process takes its GPU and its shard of the requests, as lmms-eval's own wrappers do.
+- Every prefill is timed, from the vision tower's start (transformers 5.24's ``generate`` encodes the images
+  before the model's first call) to the end of that first call over the prompt; for each sample
   ``sample_stats`` gets ``{task, prefill_ms, prompt_tokens, visual_tokens, halted, batch}``; with a batch of
   several samples each gets its batch's time. Means go to lmms-eval's ``results["throughput"]`` as
   ``avg_prefill_ms``, ``avg_tokens_halted``, ``avg_prompt_tokens``.
@@ -97,7 +100,8 @@ def manifests():
     """The ``lmms_eval.models`` entry-point payload: one ``ModelManifest`` per class."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id=model_id, simple_class_path=f"{__name__}.{cls}") for model_id, cls in MODEL_IDS.items()]
+    return [ModelManifest(model_id=model_id, simple_class_path=f"{__name__}.{cls}")
+            for model_id, cls in MODEL_IDS.items()]
 
 
 def model_id_for(pretrained: str) -> str:
@@ -165,6 +169,9 @@ class _DashMixin:
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown model_args {sorted(unknown)}; dashvl's are "
                             f"{', '.join(_DASH_ARGS)}")
+        if device == "auto":
+            raise ValueError("device_map='auto' (one model over several GPUs) is not supported: the model goes to "
+                             "one device per process; for several GPUs use `accelerate launch` (data parallel)")
         from lmms_eval.api.model import lmms
         lmms.__init__(self)
         accelerator = Accelerator()
@@ -197,7 +204,7 @@ class _DashMixin:
         self.sample_stats: list[dict] = []
         self._task = None
         self._prefill = None
-        self._forward_calls = 0
+        self._rows_generated = 0
         self._image_token = adapter_for(self._model).image_token_id(self._model)
         self._vision_start = None
         vision = getattr(self._model.model, _VISION_TOWER[self._model.config.model_type])
@@ -247,13 +254,16 @@ class _DashMixin:
             self._vision_start = time.perf_counter()
 
     def _on_forward(self, module, args, kwargs):
-        self._forward_calls += 1
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.24 passes `cache`
         ids = kwargs.get("input_ids", args[0] if args else None)
+        self._rows_generated += ids.shape[0] if ids is not None else 0
         if ids is None or (cache is not None and cache.get_seq_length() > 0):
             return None  # a decode step
         mask = kwargs.get("attention_mask")
-        real = mask[:, -ids.shape[1]:].bool() if mask is not None and mask.dim() == 2 else torch.ones_like(ids, dtype=torch.bool)
+        if mask is not None and mask.dim() == 2:
+            real = mask[:, -ids.shape[1]:].bool()
+        else:
+            real = torch.ones_like(ids, dtype=torch.bool)
         visual = (ids == self._image_token) & real if self._image_token is not None else torch.zeros_like(real)
         if self._vision_start is None:
             self._sync()
@@ -296,7 +306,7 @@ class _DashMixin:
         for i, req in enumerate(requests):
             by_task.setdefault(req.task_name, []).append(i)
         out = [None] * len(requests)
-        first, calls, start = len(self.sample_stats), self._forward_calls, time.perf_counter()
+        first, rows, start = len(self.sample_stats), self._rows_generated, time.perf_counter()
         try:
             for task, idx in by_task.items():
                 self._task = task
@@ -308,7 +318,7 @@ class _DashMixin:
         if new:
             n = len(new)
             elapsed = time.perf_counter() - start
-            tokens = self._forward_calls - calls  # one token per row per call: exact at batch size 1
+            tokens = self._rows_generated - rows  # a token per row per step (rows that ended early included)
             log_metrics(total_elapsed_time=elapsed, total_gen_tokens=tokens, avg_speed=tokens / max(elapsed, 1e-9),
                         additional_metrics={"prefill_ms": sum(s["prefill_ms"] for s in new) / n,
                                             "tokens_halted": sum(s["halted"] for s in new) / n,
@@ -354,7 +364,7 @@ class _QwenMixin(_DashMixin):
         kwargs.pop("max_batch_size", None)
         if use_flash_attention_2:
             attn_implementation = "flash_attention_2"
-        _, processor = self._load(pretrained, device, dtype, attn_implementation, batch_size, kwargs)
+        _, processor = self._load(pretrained, device_map or device, dtype, attn_implementation, batch_size, kwargs)
         # what upstream's AutoProcessor.from_pretrained(..., max_pixels=, min_pixels=) does
         ip = processor.image_processor
         processor.image_processor = type(ip).from_dict(ip.to_dict(), size={"shortest_edge": min_pixels,
@@ -383,9 +393,7 @@ class _LlavaMixin(_DashMixin):
                  max_frames_num: int = 32, **kwargs) -> None:
         setting = _split_dash_args(kwargs)
         kwargs.pop("max_batch_size", None)
-        kwargs.pop("revision", None)
-        kwargs.pop("trust_remote_code", None)
-        _, processor = self._load(pretrained, device, dtype, attn_implementation, batch_size, kwargs)
+        _, processor = self._load(pretrained, device_map or device, dtype, attn_implementation, batch_size, kwargs)
         processor.tokenizer.padding_side = "left"
         self._image_processor = _Processor(self, processor)
         self._tokenizer = processor.tokenizer
@@ -432,12 +440,13 @@ class _LlavaMixin(_DashMixin):
             until = gen.pop("until", None) or [self.tok_decode(self.eot_token_id)]
             until = [until] if isinstance(until, str) else list(until)
             do_sample = gen.get("temperature", 0) > 0
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
             with torch.inference_mode():
                 cont = self.model.generate(
                     **inputs, do_sample=do_sample, temperature=gen.get("temperature") if do_sample else None,
                     top_p=gen.get("top_p") if do_sample else None, num_beams=gen.get("num_beams", 1),
                     max_new_tokens=gen.get("max_new_tokens", 1024), use_cache=self.use_cache,
-                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id,
+                    pad_token_id=pad,
                     eos_token_id=self.eot_token_id)
             answers = self.tokenizer.batch_decode(cont[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             for context, answer in zip(contexts, answers):
