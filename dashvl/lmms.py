@@ -44,8 +44,6 @@ METHODS = ("dash", "random", "fastv", "downsample")
 # lmms-eval model id -> class name in this module
 MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
 _FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "llava": "dashvl_llava"}
-# the vision encoder under model.model, per config.model_type: its start opens a sample's prefill time
-_VISION_TOWER = {"qwen2_vl": "visual", "qwen2_5_vl": "visual", "llava": "vision_tower"}
 _DASH_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
 
 
@@ -205,9 +203,10 @@ class _DashMixin:
         self._task = None
         self._prefill = None
         self._rows_generated = 0
-        self._image_token = adapter_for(self._model).image_token_id(self._model)
+        adapter = adapter_for(self._model)
+        self._image_token = adapter.image_token_id(self._model)
         self._vision_start = None
-        vision = getattr(self._model.model, _VISION_TOWER[self._model.config.model_type])
+        vision = adapter.vision_tower(self._model)  # its start opens a sample's prefill time
         self._timing_hooks = [
             vision.register_forward_pre_hook(self._on_vision),
             self._model.register_forward_pre_hook(self._on_forward, with_kwargs=True),

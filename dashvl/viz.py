@@ -21,7 +21,7 @@ from .flops import prefill_flops
 from .policy import KIND_IMAGE, KIND_TEXT, KIND_VIDEO
 from .trace import HaltTrace
 
-__all__ = ["grid_box", "halted_overlay", "delta_heatmap", "tokens_per_layer_figure", "FlopsSummary",
+__all__ = ["vision_overlay", "grid_box", "halted_overlay", "delta_heatmap", "tokens_per_layer_figure", "FlopsSummary",
            "flops_summary", "token_highlights", "HALTED", "ACTIVE", "IMAGE", "LABEL_COLOURS"]
 
 HALTED, ACTIVE, IMAGE = "halted", "active", "image"
@@ -68,6 +68,22 @@ def halted_overlay(trace: HaltTrace, picture: Image.Image, image: int = 0, layer
         RGB image, ``size`` px on its long side; thin lines mark the token grid.
     """
     mask = trace.patch_mask(image=image, layer=layer, row=row)
+    return _tint_halted(mask, picture, crop=crop, size=size, frame=frame)
+
+
+def vision_overlay(vision, picture: Image.Image, image: int = 0, *, crop: float | None = None, size: int = 448,
+                   frame: int = 0) -> Image.Image:
+    """``picture`` with the patches the vision tower halted at block v_s tinted red, on the patch grid.
+
+    Args:
+        vision: a ``dashvl.vision.VisionTrace`` (``handle.vision_trace`` or ``trace.vision``).
+        Others as in ``halted_overlay``.
+    """
+    return _tint_halted(vision.patch_mask(image), picture, crop=crop, size=size, frame=frame)
+
+
+def _tint_halted(mask: torch.Tensor, picture: Image.Image, *, crop, size: int, frame: int) -> Image.Image:
+    """Dim and tint the cells of ``mask`` (bool [t, h, w], True = halted) over the picture's grid box."""
     _check_frame(mask, frame)
     base = _fit(picture, size)
     box = grid_box(base.size, crop)

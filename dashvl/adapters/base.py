@@ -37,6 +37,10 @@ class Adapter:
     def check(self, model: nn.Module) -> None:
         """Raise ValueError for a model of this family that the engine cannot serve correctly."""
 
+    def vision_tower(self, model: nn.Module) -> nn.Module | None:
+        """The module that encodes images (None for text-only models)."""
+        return None
+
     def vision_spec(self, model: nn.Module):
         """The vision tower's layout for halting inside it (``dashvl.vision.VisionSpec``)."""
         raise ValueError(f"{model.config.model_type!r} models have no vision tower: vision_ratio must be 0")

@@ -20,9 +20,12 @@ class LlavaAdapter(Adapter):
             raise ValueError(f"LLaVA with a {text_type!r} text model is not supported; "
                              f"supported text backbones: {', '.join(TEXT_BACKBONES)}")
 
+    def vision_tower(self, model):
+        return model.model.vision_tower
+
     def vision_spec(self, model):
         from ..vision import VisionSpec
-        tower = model.model.vision_tower
+        tower = self.vision_tower(model)
         if getattr(tower.config, "model_type", None) != "clip_vision_model":
             raise ValueError(f"halting inside LLaVA's vision tower supports CLIP towers; this one is "
                              f"{tower.config.model_type!r}: use vision_ratio=0")

@@ -13,9 +13,12 @@ class Qwen2VLAdapter(Adapter):
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
 
+    def vision_tower(self, model):
+        return model.model.visual
+
     def vision_spec(self, model):
         from ..vision import VisionSpec
-        visual = model.model.visual
+        visual = self.vision_tower(model)
         order = _window_order(visual) if model.config.model_type == "qwen2_5_vl" else None
         return VisionSpec(tower=visual, blocks=visual.blocks, attention="attn", layout="packed",
                           merge=visual.spatial_merge_size, order=order)

@@ -1,0 +1,398 @@
+"""Compare DASH settings on lmms-eval tasks in one run; see eval/README.md.
+
+    python eval/run.py --tasks synth_mme,synth_textvqa --ratio 0,0.5,0.75 --method dash,random,fastv,downsample
+    accelerate launch --num_processes 8 eval/run.py --model Qwen/Qwen2-VL-7B-Instruct --tasks mme,textvqa_val --online
+
+One model is loaded and evaluated under each configuration: ratio 0 (the unmodified model, run once) and every
+method x every ratio > 0. Under --output: a folder per configuration with lmms-eval's results (results.json,
+samples_<task>.jsonl) and the per-sample prefill stats (prefill.jsonl); comparison.md and comparison.csv with,
+per configuration, each task's score and its % of the baseline's, the mean prefill time in ms (vision tower and
+the LLM's prompt pass), the mean prompt tokens and the mean tokens halted per sample.
+
+Exit status: 0 when every configuration scored every task; 2 for a bad argument; 1 when a task cannot load, the
+model cannot load, or lmms-eval fails (its own CLI exits 0 then; this script checks the results itself).
+Offline by default (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1): tasks whose data is on the hub need --online.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+OFFLINE_TASKS = ("synth_mme", "synth_textvqa")
+_DASH_MODEL_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
+
+
+class RunError(Exception):
+    """A failure with a message for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+def _ratios(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers in [0, 1), e.g. 0,0.5,0.75; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one ratio, e.g. 0,0.5")
+    bad = [v for v in values if not 0 <= v < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each ratio must be in [0, 1) (the fraction of tokens halted; 0 = the "
+                                         f"unmodified model); got {bad[0]:g}")
+    return list(dict.fromkeys(values))
+
+
+def _layer(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an int >= 0 or a fraction of the depth in (0, 1); got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a float layer is a fraction of the depth and must lie in (0, 1); got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    names = list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval/run.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="offline tasks: " + ", ".join(OFFLINE_TASKS))
+    p.add_argument("--model", default=None, help="bundled name, tiny-random-qwen2-vl / tiny-random-llava, local folder "
+                   "or hub id (default: dashvl.models.DEFAULT_MODEL)")
+    p.add_argument("--tasks", type=_names, default=list(OFFLINE_TASKS),
+                   help=f"comma-separated lmms-eval tasks (default: {','.join(OFFLINE_TASKS)})")
+    p.add_argument("--ratio", type=_ratios, default=[0.0, 0.5, 0.75], help="comma-separated ratios in [0, 1); "
+                   "0 is the unmodified baseline (default: 0,0.5,0.75)")
+    p.add_argument("--method", type=_names, default=["dash"], help="comma-separated: dash, random, fastv, downsample")
+    p.add_argument("--layer", type=_layer, default=2,
+                   help="activation layer: an int, or a fraction of the depth (default 2)")
+    p.add_argument("--kv", default="drop", help="drop or keep (default drop)")
+    p.add_argument("--scope", default=None, help="all, vision or text (default: the method's)")
+    p.add_argument("--limit", type=_positive, default=None, help="first N samples of each task")
+    p.add_argument("--batch-size", type=_positive, default=1)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu (per process under accelerate)")
+    p.add_argument("--model-args", default="", help="more model_args for the lmms-eval model, e.g. "
+                   "max_pixels=200704,attn_implementation=flash_attention_2,dtype=bfloat16")
+    p.add_argument("--output", type=Path, default=None, help="results folder (default: out/eval/<date-time>)")
+    p.add_argument("--include-path", action="append", default=[], help="another folder of lmms-eval task YAMLs")
+    p.add_argument("--online", action="store_true", help="allow the Hugging Face hub (for tasks like mme, textvqa_val)")
+    p.add_argument("--verbosity", default="WARNING", help="lmms-eval's log level (default WARNING)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit % 2 and any("mme" in t for t in args.tasks):
+        parser.error(f"--limit must be even with MME-style tasks ({', '.join(t for t in args.tasks if 'mme' in t)}): "
+                     f"their score pairs each image's Yes and No question; got {args.limit}")
+    args._parser = parser
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def settings_for(args) -> list:
+    """The configurations, baseline first: ratio 0 once, then each method at each ratio > 0."""
+    from dashvl.lmms import EvalSetting
+
+    common = dict(layer=args.layer, kv=args.kv, scope=args.scope)
+    try:
+        out = [EvalSetting(method=args.method[0], ratio=0, **common)] if 0 in args.ratio else []
+        out += [EvalSetting(method=m, ratio=r, **common) for m in args.method for r in args.ratio if r > 0]
+    except ValueError as err:
+        raise RunError(f"bad setting: {err}", 2) from err
+    return out
+
+
+def task_manager_for(tasks: list[str], include: list[str], verbosity: str):
+    """lmms-eval's TaskManager: only our task folders when they hold every task (indexing lmms-eval's ~2,000
+    takes seconds), else lmms-eval's too."""
+    from lmms_eval.tasks import TaskManager
+
+    paths = [str(TASKS_DIR)] + [str(Path(p).resolve()) for p in include]
+    local = TaskManager(verbosity, include_path=paths, include_defaults=False)
+    if all(t in local.all_tasks for t in tasks):
+        return local, set(local.all_tasks)
+    manager = TaskManager(verbosity, include_path=paths)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise RunError(f"unknown task(s): {', '.join(unknown)}. Offline tasks: {', '.join(OFFLINE_TASKS)}; "
+                       "lmms-eval's are listed by `lmms-eval tasks list`", 2)
+    return manager, set(local.all_tasks)
+
+
+def _cause(err: BaseException) -> str:
+    """What failed: lmms-eval retries some steps (tenacity) and raises RetryError from the real error."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
+
+
+def check_tasks_load(tasks, manager, local: set, online: bool) -> None:
+    """Load each task once (its dataset included) before the model, so that a task that cannot load fails fast."""
+    from lmms_eval.tasks import get_task_dict
+
+    for name in tasks:
+        try:
+            loaded = get_task_dict([name], manager)
+            error = None if loaded else "lmms-eval returned no task"
+        except Exception as err:  # lmms-eval and datasets raise many kinds; each is reported below
+            error = _cause(err)
+        if error is None:
+            continue
+        if not online and name not in local:
+            dataset = _dataset_of(manager, name)
+            raise RunError(f"task {name!r} needs the Hugging Face hub{f' (dataset {dataset})' if dataset else ''} "
+                           f"and this run is offline. Offline tasks: {', '.join(OFFLINE_TASKS)}. Where the hub is "
+                           f"reachable (or the dataset is in the local cache), add --online. ({error})")
+        raise RunError(f"task {name!r} could not load: {error}")
+
+
+def _dataset_of(manager, name: str) -> str | None:
+    try:
+        config = manager._get_config(name)
+    except Exception:  # a group, or an index entry without a YAML: no single dataset to name
+        return None
+    return config.get("dataset_path") if isinstance(config, dict) else None
+
+
+def load_model(args):
+    """The dashvl lmms-eval model for --model, with --model-args."""
+    import dashvl.lmms as bridge
+    from dashvl.models import DEFAULT_MODEL
+    from lmms_eval.utils import simple_parse_args_string
+
+    extra = simple_parse_args_string(args.model_args)
+    clash = [k for k in extra if k in _DASH_MODEL_ARGS or k in ("pretrained", "batch_size", "device")]
+    if clash:
+        raise RunError(f"--model-args sets {', '.join(clash)}: the sweep sets dashvl's settings (--method, --ratio, "
+                       "--layer, --kv, --scope); use --model, --batch-size, --device for the others", 2)
+    name = args.model or DEFAULT_MODEL
+    try:
+        cls = getattr(bridge, bridge.MODEL_IDS[bridge.model_id_for(name)])
+        return cls(pretrained=name, batch_size=args.batch_size, device=args.device, **extra)
+    except (TypeError, ValueError) as err:
+        raise RunError(f"cannot load model {name!r}: {err}", 2) from err
+    except Exception as err:
+        hint = "" if args.online else " (this run is offline: a hub model must be in the local cache, or add --online)"
+        raise RunError(f"cannot load model {name!r}: {type(err).__name__}: {err}{hint}") from err
+
+
+def _gather(stats: list[dict]) -> list[dict]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stats
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, stats)
+    return [s for part in parts for s in part]
+
+
+def scores_of(results: dict | None, tasks: list[str], label: str) -> dict[str, tuple[str, float]]:
+    """``{task: (metric, value)}`` for every scored task, or RunError when lmms-eval left one unscored."""
+    if not results or not results.get("results"):
+        raise RunError(f"lmms-eval returned no results for configuration {label}")
+    out = {}
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            metric = key.split(",")[0]
+            if metric.endswith("_stderr") or metric in ("alias", "submission", "samples") or "," not in key:
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+                out[task] = (metric, float(value))
+                break
+    groups = results.get("group_subtasks", {})
+    for task in tasks:
+        subtasks = groups.get(task) or [task]
+        missing = [t for t in subtasks if t not in out]
+        if missing:
+            raise RunError(f"lmms-eval gave no score for {', '.join(missing)} in configuration {label} "
+                           f"(its results: {json.dumps(results['results'].get(missing[0]), default=str)})")
+    return out
+
+
+def _json_default(o):
+    try:
+        return o.item()
+    except AttributeError:
+        return list(o) if isinstance(o, (set, tuple)) else str(o)
+
+
+def write_configuration(folder: Path, results: dict, stats: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = results.pop("samples", {}) or {}
+    (folder / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    for task, rows in samples.items():
+        with open(folder / f"samples_{task}.jsonl", "w") as f:
+            for row in rows:
+                row = {k: v for k, v in row.items() if k != "arguments"}
+                f.write(json.dumps(row, default=_json_default) + "\n")
+    with open(folder / "prefill.jsonl", "w") as f:
+        for row in stats:
+            f.write(json.dumps(row) + "\n")
+
+
+def table_rows(runs: list[tuple], tasks: list[str]) -> tuple[list[str], list[list]]:
+    """Header and rows (raw values) of the comparison: one row per configuration."""
+    scored = list(dict.fromkeys(t for _, scores, _ in runs for t in scores))
+    base = next((scores for s, scores, _ in runs if s.baseline), None)
+    header = ["config", "method", "ratio", "layer", "kv"]
+    for t in scored:
+        metric = runs[0][1][t][0]
+        header += [f"{t} {metric}", f"{t} % of baseline"]
+    header += ["prefill ms", "prompt tokens", "tokens halted", "samples"]
+    rows = []
+    for setting, scores, stats in runs:
+        dash = not setting.baseline and setting.method != "downsample"
+        row = [setting.label, "-" if setting.baseline else setting.method, setting.ratio,
+               setting.layer if dash else "-", setting.kv if dash else "-"]
+        for t in scored:
+            value = scores[t][1]
+            b = base[t][1] if base else None
+            row += [value, 100 * value / b if b else None]
+        n = len(stats)
+        row += [sum(s["prefill_ms"] for s in stats) / n if n else None,
+                sum(s["prompt_tokens"] for s in stats) / n if n else None,
+                sum(s["halted"] for s in stats) / n if n else None, n]
+        rows.append(row)
+    return header, rows
+
+
+def _fmt(value, column: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if column.endswith("% of baseline"):
+        return f"{value:.1f}%"
+    if column in ("prefill ms", "prompt tokens", "tokens halted"):
+        return f"{value:.1f}"
+    if column in ("ratio", "samples", "layer"):
+        return f"{value:g}"
+    return f"{value:.4g}"
+
+
+def write_table(folder: Path, header: list[str], rows: list[list]) -> str:
+    with open(folder / "comparison.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v, c) for v, c in zip(row, header)) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    (folder / "comparison.md").write_text(text)
+    return text
+
+
+def _cli_args(folder: Path) -> argparse.Namespace:
+    """lmms-eval's CLI defaults (its evaluator and tasks read some), with output_path for submission files."""
+    from lmms_eval.__main__ import parse_eval_args
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        _, defaults = parse_eval_args()
+    finally:
+        sys.argv = argv
+    defaults.output_path = str(folder)
+    return defaults
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    settings = settings_for(args)
+    try:
+        from lmms_eval import evaluator
+    except ImportError as err:
+        raise RunError(f"lmms-eval is not installed ({err}): pip install -c constraints.txt -e '.[eval]'") from err
+    manager, local = task_manager_for(args.tasks, args.include_path, args.verbosity)
+    check_tasks_load(args.tasks, manager, local, args.online)
+    lm = load_model(args)
+    for setting in settings:  # every setting must fit this model before hours go into the first one
+        try:
+            lm.configure(setting)
+        except ValueError as err:
+            raise RunError(f"bad setting {setting.label} for this model: {err}", 2) from err
+    main = lm.rank == 0
+    output = args.output or Path("out/eval") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    runs = []
+    for setting in tqdm(settings, desc="configurations", disable=not main):
+        lm.configure(setting)
+        folder = output / setting.label
+        try:
+            results = evaluator.simple_evaluate(
+                model=lm, tasks=list(args.tasks), limit=args.limit, batch_size=args.batch_size, device=args.device,
+                log_samples=True, task_manager=manager, verbosity=args.verbosity,
+                cli_args=_cli_args(folder))
+        except Exception as err:
+            traceback.print_exc()
+            raise RunError(f"lmms-eval failed on configuration {setting.label}: {_cause(err)}") from err
+        stats = _gather(lm.pop_stats())
+        if not main:
+            continue
+        scores = scores_of(results, args.tasks, setting.label)
+        write_configuration(folder, results, stats)
+        runs.append((setting, scores, stats))
+        tqdm.write(f"{setting.label}: " + ", ".join(f"{t} {m} {v:.4g}" for t, (m, v) in scores.items()))
+    if main:
+        header, rows = table_rows(runs, args.tasks)
+        table = write_table(output, header, rows)
+        (output / "run.json").write_text(json.dumps({
+            "argv": sys.argv, "model": args.model or lm.pretrained, "tasks": args.tasks, "limit": args.limit,
+            "batch_size": args.batch_size, "world_size": lm.world_size,
+            "settings": [s.__dict__ for s in settings]}, indent=2, default=str))
+        print(f"\n{table}\nresults: {output}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.online:  # before huggingface_hub / datasets are imported: they read these once
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[var] = "1"
+    try:
+        return run(args)
+    except RunError as err:
+        if err.code == 2:
+            args._parser.error(str(err))  # usage line and exit status 2, like argparse's own errors
+        print(f"eval/run.py: error: {err}", file=sys.stderr)
+        return err.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
