@@ -59,7 +59,8 @@ class Request:
     max_new_tokens: int
 
     @classmethod
-    def parse(cls, prompt, ratio, layer, kv, scope, max_new_tokens, num_layers: int, method: str = "dash") -> "Request":
+    def parse(cls, prompt, ratio, layer, kv, scope, max_new_tokens, num_layers: int, method: str = "dash",
+              vision_ratio=0.0, vision_layer=0, vision_blocks: int | None = None) -> "Request":
         """Raises InputError naming what is allowed."""
         prompt = (prompt or "").strip()
         if not prompt:
@@ -75,8 +76,17 @@ class Request:
         except (TypeError, ValueError):
             raise InputError(f"ratio must be a number in [0, 1); got {ratio!r}") from None
         try:
-            config = dashvl.DashConfig(ratio=ratio, layer=layer, kv=kv, scope=scope, method=method)
+            vision_ratio = float(vision_ratio or 0.0)
+        except (TypeError, ValueError):
+            raise InputError(f"vision ratio must be a number in [0, 1); got {vision_ratio!r}") from None
+        if vision_ratio > 0 and vision_blocks is None:
+            raise InputError("this model's vision tower cannot halt patches: set the vision ratio to 0")
+        try:
+            config = dashvl.DashConfig(ratio=ratio, layer=layer, kv=kv, scope=scope, method=method,
+                                       vision_ratio=vision_ratio, vision_layer=_whole(vision_layer or 0, "vision layer"))
             config.resolve_layer(num_layers)
+            if vision_ratio > 0:
+                config.resolve_vision_layer(vision_blocks)
         except (TypeError, ValueError) as err:
             raise InputError(str(err)) from err
         return cls(prompt, config, new)
@@ -125,6 +135,10 @@ class Viewer:
         self.num_layers = len(self.layers)
         self.text_config = adapter.text_config(model)
         self.crop = _grid_crop(processor.image_processor)
+        try:  # blocks of the vision tower when patches can halt inside it, else None
+            self.vision_blocks = len(adapter.vision_spec(model).blocks)
+        except ValueError:
+            self.vision_blocks = None
 
     def load_images(self, paths) -> tuple[list[Image.Image], list[Image.Image], list[str]]:
         """``(for the model, for display, notes)`` from uploaded file paths; raises InputError."""
@@ -172,9 +186,11 @@ class Viewer:
         dash = Run(answer, seconds, int(trace.tokens_per_layer[0].sum()))
         return plain, dash, trace, inputs["input_ids"].cpu()
 
-    def run(self, paths, prompt, ratio, layer, kv, scope, max_new_tokens, method="dash") -> ViewerResult:
+    def run(self, paths, prompt, ratio, layer, kv, scope, max_new_tokens, method="dash", vision_ratio=0.0,
+            vision_layer=0) -> ViewerResult:
         """Validate, load, generate. Raises InputError for bad input."""
-        request = Request.parse(prompt, ratio, layer, kv, scope, max_new_tokens, self.num_layers, method)
+        request = Request.parse(prompt, ratio, layer, kv, scope, max_new_tokens, self.num_layers, method,
+                                vision_ratio, vision_layer, self.vision_blocks)
         model_imgs, shown, notes = self.load_images(paths)
         plain, dash, trace, ids = self.answer(request, model_imgs)
         grids = sum(s.kind == "image" for s in trace.spans)
@@ -200,6 +216,20 @@ def overlays(result: ViewerResult | None, layer) -> list[tuple[Image.Image, str]
         else:
             caption = f"image {i + 1}, layer {layer}: {int(mask.sum())} of {mask.numel()} tokens halted (red)"
         items.append((viz.halted_overlay(tr, pic, i, layer, crop=result.crop, size=RENDER_SIDE), caption))
+    return items
+
+
+def vision_overlays(result: ViewerResult) -> list[tuple[Image.Image, str]]:
+    """Gallery items: each picture with the patches the vision tower halted (empty when it halted none)."""
+    vision = result.trace.vision
+    if vision is None:
+        return []
+    items = []
+    for i, pic in enumerate(result.pictures):
+        mask = vision.patch_mask(i)
+        caption = (f"image {i + 1}: {int(mask.sum())} of {mask.numel()} patches halted after vision block "
+                   f"{vision.layer} of {vision.num_blocks}")
+        items.append((viz.vision_overlay(vision, pic, i, crop=result.crop, size=RENDER_SIDE), caption))
     return items
 
 
@@ -251,9 +281,11 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
         log.warning("example images missing from %s; the gallery shows %d of %d", EXAMPLES_DIR, len(examples),
                     len(EXAMPLES))
 
-    def on_run(paths, prompt, ratio, layer, kv, scope, max_new_tokens, view_layer, method="dash"):
+    def on_run(paths, prompt, ratio, layer, kv, scope, max_new_tokens, view_layer, method="dash", vision_ratio=0.0,
+               vision_layer=0):
         try:
-            result = viewer.run(paths, prompt, ratio, layer, kv, scope, max_new_tokens, method)
+            result = viewer.run(paths, prompt, ratio, layer, kv, scope, max_new_tokens, method, vision_ratio,
+                                vision_layer)
         except InputError as err:
             return _failed(str(err))
         except Exception as err:  # a model failure: logged with its traceback, reported, server stays up
@@ -265,11 +297,12 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
         return (status, _answer_text(result.plain.answer), plain_md, _answer_text(result.dash.answer), dash_md,
                 overlays(result, view_layer), heatmaps(result),
                 viz.tokens_per_layer_figure(result.trace, viewer.text_config), summary.text,
-                viz.token_highlights(result.trace, result.input_ids, processor.tokenizer), result)
+                viz.token_highlights(result.trace, result.input_ids, processor.tokenizer), vision_overlays(result),
+                result)
 
     def _failed(message: str):
         gr.Warning(message)
-        return (f"error: {message}", "", "", "", "", [], [], None, "", [], None)
+        return (f"error: {message}", "", "", "", "", [], [], None, "", [], [], None)
 
     def on_pick_example(evt: gr.SelectData):
         path, prompt = examples[evt.index]
@@ -296,6 +329,12 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                     scope = gr.Radio(list(SCOPES), value="all", label="scope (which tokens may halt)")
                 method = gr.Radio(list(METHODS), value="dash", elem_id="method",
                                   label="method (dash: smallest Δ halts; random / fastv: baselines at the same budget)")
+                with gr.Row(visible=viewer.vision_blocks is not None):
+                    vision_ratio = gr.Slider(0, 0.95, value=0.0, step=0.05, elem_id="vision_ratio",
+                                             label="vision ratio (share of patches halted inside the vision tower)")
+                    vb = viewer.vision_blocks or 2
+                    vision_layer = gr.Number(value=min(vb // 4, vb - 2), precision=0, minimum=0, maximum=vb - 2,
+                                             elem_id="vision_layer", label=f"vision block v_s (0 to {vb - 2})")
                 max_new = gr.Slider(1, MAX_NEW_TOKENS, value=16, step=1, label="max new tokens")
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
@@ -316,11 +355,14 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                 flops_md = gr.Markdown()
         tokens = gr.HighlightedText(label="prompt tokens (red: halted, green: active)", color_map=viz.LABEL_COLOURS,
                                     combine_adjacent=False, show_legend=True, elem_id="tokens")
+        vision_gallery = gr.Gallery(label="patches halted inside the vision tower (vision ratio > 0)",
+                                    elem_id="vision_overlays", **_RESULTS)
         state = gr.State(None, time_to_live=3600)
 
         gallery.select(on_pick_example, None, [files, prompt])
-        run.click(on_run, [files, prompt, ratio, layer, kv, scope, max_new, view_layer, method],
-                  [status, plain_answer, plain_md, dash_answer, dash_md, overlay, heat, plot, flops_md, tokens, state],
+        run.click(on_run, [files, prompt, ratio, layer, kv, scope, max_new, view_layer, method, vision_ratio, vision_layer],
+                  [status, plain_answer, plain_md, dash_answer, dash_md, overlay, heat, plot, flops_md, tokens,
+                   vision_gallery, state],
                   api_name="run")
         view_layer.change(overlays, [state, view_layer], overlay, api_name="overlays")
     return demo.queue(default_concurrency_limit=1, max_size=32)

@@ -56,10 +56,10 @@ def server(qwen):
 
 
 def _predict(client, files, prompt, ratio=0.5, layer=1, kv="drop", scope="all", max_new_tokens=6, view_layer=3,
-             method="dash"):
+             method="dash", vision_ratio=0.0, vision_layer=0):
     files = None if files is None else [handle_file(f) for f in files]
-    return client.predict(files, prompt, ratio, layer, kv, scope, max_new_tokens, view_layer, method,
-                          api_name="/run")
+    return client.predict(files, prompt, ratio, layer, kv, scope, max_new_tokens, view_layer, method, vision_ratio,
+                          vision_layer, api_name="/run")
 
 
 # ----------------------------------------------------------------- in process
@@ -80,12 +80,14 @@ def test_build_demo_in_process(qwen):
     fns = {fn.api_name: fn for fn in demo.fns.values()}
     assert {"run", "overlays"} <= set(fns)
     out = fns["run"].fn([SHAPES, SIGN], GOOD["prompt"], 0.5, 1, "drop", "all", 6, 3)
-    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens, state = out
+    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens, vision, state = out
     assert status.startswith("done: 2 image(s)") and "saved" in flops
     assert plain and dash and "ms" in plain_md and "layers 2–3" in dash_md
     assert len(overlays) == len(heat) == 2 and isinstance(overlays[0][0], Image.Image)
     assert isinstance(state, hv.ViewerResult) and plot is not None
     assert any(label == "halted" for _, label in tokens)
+    assert vision == []  # vision ratio 0: nothing halted in the tower
+    assert len(fns["run"].fn([SHAPES], GOOD["prompt"], 0.5, 1, "drop", "all", 6, 3, "dash", 0.5, 0)[10]) == 1
     # the layer slider re-renders from the session's state alone
     assert [c for _, c in fns["overlays"].fn(state, 0)][0].endswith("tokens processed (halting starts above layer 1)")
     with pytest.warns(UserWarning, match="the prompt is empty"):  # gr.Warning outside a request: a warning
@@ -95,6 +97,17 @@ def test_build_demo_in_process(qwen):
 def test_build_demo_needs_the_processor(qwen):
     with pytest.raises(ValueError, match="without its processor"):
         hv.build_demo(qwen[0])
+
+
+def test_viewer_shows_vision_tower_halting(viewer):
+    result = viewer.run([SHAPES], **GOOD, vision_ratio=0.5, vision_layer=0)
+    items = hv.vision_overlays(result)
+    vision = result.trace.vision
+    assert len(items) == 1 and items[0][1].startswith("image 1: ")
+    assert f"{int(vision.patch_mask(0).sum())} of {vision.patch_mask(0).numel()} patches halted" in items[0][1]
+    assert hv.vision_overlays(viewer.run([SHAPES], **GOOD)) == []
+    with pytest.raises(hv.InputError, match=r"vision_layer must be in \[0, 0\]"):
+        viewer.run([SHAPES], **GOOD, vision_ratio=0.5, vision_layer=1)
 
 
 @pytest.mark.parametrize("method", ["random", "fastv"])
@@ -186,7 +199,7 @@ def test_main_loads_and_launches(monkeypatch):
 
 def test_client_runs_an_example(server):
     out = _predict(Client(server, verbose=False), [SHAPES], "what colour is the square?")
-    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens = out  # the State stays server-side
+    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens, vision = out  # State stays server-side
     assert "downscaled" in status and "done: 1 image(s)" in status
     assert plain and dash and "LLM prefill" in dash_md
     assert len(overlays) == 1 and overlays[0]["caption"].startswith("image 1, layer 3:")
