@@ -62,7 +62,8 @@ def main(argv=None, **defaults):
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     info = dict(device=device_name, torch=torch.__version__, transformers=__import__("transformers").__version__,
                 python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
-                command="python bench/gpu_prefill.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                command="python " + " ".join(sys.argv) if argv is None else
+                "python bench/gpu_prefill.py " + " ".join(argv))
     print(info, flush=True)
     layers = [float(x) if "." in x else int(x) for x in args.layers.split(",")]
     settings = [dict(method=m, ratio=float(r), layer=l, kv=kv, scope="all")
