@@ -44,7 +44,7 @@ METHODS = ("dash", "random", "fastv", "downsample")
 # lmms-eval model id -> class name in this module
 MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
 _FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "llava": "dashvl_llava"}
-_DASH_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
+_DASH_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed", "vision_ratio", "vision_layer")
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -58,6 +58,7 @@ class EvalSetting:
             (``dashvl.baselines.downsample``: fewer visual tokens before the LLM).
         ratio: in [0, 1); 0 leaves the model untouched whatever the method.
         layer, kv, scope, protect_last, seed: ``dashvl.DashConfig``'s; unused by ``"downsample"``.
+        vision_ratio, vision_layer: halting inside the vision tower too (``DashConfig``'s; 0 = off).
     """
 
     method: str = "dash"
@@ -67,29 +68,37 @@ class EvalSetting:
     scope: str | None = None
     protect_last: int = 1
     seed: int = 0
+    vision_ratio: float = 0.0
+    vision_layer: int | float = 0.25
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be a number in [0, 1) (0 = the unmodified model); got {self.ratio!r}")
+        if self.method == "downsample" and self.vision_ratio:
+            raise ValueError("vision_ratio halts inside the vision tower: it combines with dash, random or fastv, "
+                             "not with downsample")
         if self.method != "downsample":
             self.dash_config()  # DashConfig's checks, with its messages
 
     @property
     def baseline(self) -> bool:
         """True when the model runs unmodified."""
-        return self.ratio == 0
+        return self.ratio == 0 and not self.vision_ratio
 
     @property
     def label(self) -> str:
-        """A short name, also a folder name: ``baseline``, ``dash-0.5``, ``downsample-0.75``."""
-        return "baseline" if self.baseline else f"{self.method}-{self.ratio:g}"
+        """A short name, also a folder name: ``baseline``, ``dash-0.5``, ``downsample-0.75``, ``dash-0.5-v0.5``."""
+        if self.baseline:
+            return "baseline"
+        return f"{self.method}-{self.ratio:g}" + (f"-v{self.vision_ratio:g}" if self.vision_ratio else "")
 
     def dash_config(self):
         from .config import DashConfig
         return DashConfig(ratio=self.ratio, layer=self.layer, kv=self.kv, scope=self.scope,
-                          protect_last=self.protect_last, method=self.method, seed=self.seed)
+                          protect_last=self.protect_last, method=self.method, seed=self.seed,
+                          vision_ratio=self.vision_ratio, vision_layer=self.vision_layer)
 
 
 # --------------------------------------------------------------------------------------------- registration

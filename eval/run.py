@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=_layer, default=2,
                    help="activation layer: an int, or a fraction of the depth (default 2)")
     p.add_argument("--kv", default="drop", help="drop or keep (default drop)")
+    p.add_argument("--vision-ratio", type=float, default=0.0,
+                   help="also halt this share of each image's patches inside the vision tower, in every "
+                        "configuration but the baseline (default 0: off)")
+    p.add_argument("--vision-layer", type=_layer, default=0.25, help="vision block v_s (int, or a fraction of the depth)")
     p.add_argument("--scope", default=None, help="all, vision or text (default: the method's)")
     p.add_argument("--limit", type=_positive, default=None, help="first N samples of each task")
     p.add_argument("--batch-size", type=_positive, default=1)
@@ -130,9 +134,11 @@ def settings_for(args) -> list:
     from dashvl.lmms import EvalSetting
 
     common = dict(layer=args.layer, kv=args.kv, scope=args.scope)
+    vision = dict(vision_ratio=args.vision_ratio, vision_layer=args.vision_layer)
     try:
         out = [EvalSetting(method=args.method[0], ratio=0, **common)] if 0 in args.ratio else []
-        out += [EvalSetting(method=m, ratio=r, **common) for m in args.method for r in args.ratio if r > 0]
+        out += [EvalSetting(method=m, ratio=r, **common, **vision) for m in args.method for r in args.ratio
+                if r > 0 or args.vision_ratio]
     except ValueError as err:
         raise RunError(f"bad setting: {err}", 2) from err
     return out

@@ -148,8 +148,25 @@ def test_a_hub_task_offline_names_the_offline_tasks(tmp_path):
     (["--ratio", "0,1.5"], "each ratio must be in [0, 1)"),
     (["--limit", "3", "--tasks", "synth_mme"], "--limit must be even"),
     (["--layer", "1.5"], "must lie in (0, 1)"),
+    (["--vision-ratio", "1.5"], "vision_ratio must be a number in [0, 1)"),
+    (["--vision-ratio", "0.5", "--method", "downsample"], "vision_ratio halts inside the vision tower"),
 ])
 def test_a_bad_argument_gets_a_clear_message(args, message):
     proc = run(RUN, *args, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr
+
+
+def test_vision_ratio_joins_every_configuration_but_the_baseline():
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import run as runner
+    finally:
+        sys.path.pop(0)
+    args = runner.parse_args(["--ratio", "0,0.5", "--method", "dash,fastv", "--vision-ratio", "0.5",
+                              "--vision-layer", "1"])
+    settings = runner.settings_for(args)
+    assert [s.label for s in settings] == ["baseline", "dash-0-v0.5", "dash-0.5-v0.5", "fastv-0-v0.5",
+                                           "fastv-0.5-v0.5"]
+    config = settings[2].dash_config()
+    assert (config.ratio, config.vision_ratio, config.vision_layer) == (0.5, 0.5, 1)
