@@ -16,10 +16,13 @@ def _window_order(model, inputs):
 
 
 def _image_features(model, inputs):
-    keys = ("pixel_values", "image_grid_thw")
     with torch.no_grad():
-        out = model.model.get_image_features(**{k: inputs[k] for k in keys if k in inputs}).pooler_output
-    return torch.cat(list(out))
+        if "pixel_values_videos" in inputs:
+            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        else:
+            keys = ("pixel_values", "image_grid_thw")
+            out = model.model.get_image_features(**{k: inputs[k] for k in keys if k in inputs})
+    return torch.cat(list(out.pooler_output))
 
 
 class VisionReference:
@@ -33,7 +36,8 @@ class VisionReference:
 
     def _segments(self, inputs):
         if self.family in ("qwen2_vl", "qwen2_5_vl"):
-            return [h * w for t, h, w in inputs["image_grid_thw"].tolist() for _ in range(t)]
+            thw = inputs["image_grid_thw"] if "image_grid_thw" in inputs else inputs["video_grid_thw"]
+            return [h * w for t, h, w in thw.tolist() for _ in range(t)]
         return None
 
     @torch.no_grad()
@@ -231,3 +235,25 @@ def test_qwen2_5_vl_vision_trace_is_in_raster_order():
         for j in range(start, start + t * hh * w):  # one frame per image here
             assert grid[0, pos[j, 0], pos[j, 1]] == scores["u"][j]
         start += t * hh * w
+
+
+def test_video_frames_halt_per_frame():
+    """A video: each frame (after the temporal patching) is its own segment, in the tower and in the trace."""
+    model, proc = build("qwen2_vl")
+    video = torch.randint(0, 255, (4, 3, 56, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what?"}]}],
+                                    add_generation_prompt=True)
+    inputs = dict(proc(text=[text], videos=[video], return_tensors="pt"))
+    want, halted = VisionReference(model, 0, 0.5).features(inputs)
+    with dashvl.compress(model, ratio=0.5, layer=1, vision_ratio=0.5, vision_layer=0) as h:
+        got = _image_features(model, inputs)
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    t, hh, w = inputs["video_grid_thw"][0].tolist()
+    mask = h.trace.vision.patch_mask(0)
+    assert mask.shape == (t, hh, w) and mask.flatten(1).sum(1).tolist() == [hh * w // 2] * t
+    assert torch.equal(~h.trace.vision.active, halted)
+    (span,) = h.trace.spans
+    assert span.kind == "video" and span.grid == (t, hh // 2, w // 2)
+    assert h.trace.patch_mask(0, kind="video").shape == span.grid
