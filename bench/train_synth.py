@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dashvl import synth  # noqa: E402
-from dashvl.tiny import LLAVA_SPECIALS, QWEN_SPECIALS  # noqa: E402
+from dashvl.tiny import LLAVA_SPECIALS, QWEN_SPECIALS, byte_level_bpe  # noqa: E402
 
 NAMES = ("qwen2-vl-synth", "llava-synth")
 
@@ -95,16 +95,10 @@ def _corpus() -> list[str]:
 
 def train_tokenizer(family: str, vocab_size: int = 640):
     """A byte-level BPE trained on the suite's language, with ``family``'s special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
+    tok = byte_level_bpe(_corpus(), QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS, vocab_size)
     if family == "qwen2_vl":
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                        padding_side="left", chat_template=QWEN_CHAT_TEMPLATE,

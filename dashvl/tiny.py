@@ -49,19 +49,25 @@ def _corpus(n: int = 400) -> list[str]:
     return lines
 
 
-@functools.lru_cache(maxsize=None)
-def train_tokenizer(family: str, vocab_size: int = 400):
-    """A ``PreTrainedTokenizerFast`` trained locally, with the special tokens ``family``'s processor expects."""
+def byte_level_bpe(lines, specials, vocab_size: int):
+    """A byte-level BPE (``tokenizers.Tokenizer``) trained on ``lines``, with ``specials`` first in its vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    specials = QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(lines, trainer)
+    return tok
+
+
+@functools.lru_cache(maxsize=None)
+def train_tokenizer(family: str, vocab_size: int = 400):
+    """A ``PreTrainedTokenizerFast`` trained locally, with the special tokens ``family``'s processor expects."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = byte_level_bpe(_corpus(), QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS, vocab_size)
     if family == "qwen2_vl":
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                        padding_side="left", chat_template=QWEN_CHAT_TEMPLATE)
