@@ -170,3 +170,20 @@ def test_vision_ratio_joins_every_configuration_but_the_baseline():
                                            "fastv-0.5-v0.5"]
     config = settings[2].dash_config()
     assert (config.ratio, config.vision_ratio, config.vision_layer) == (0.5, 0.5, 1)
+
+
+def test_two_processes_give_the_answers_of_one(sweep, tmp_path):
+    """accelerate launch on the CPU (gloo): requests are sharded over 2 processes, results gathered on rank 0."""
+    out, _ = sweep
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", str(RUN),
+         "--model", "tiny-random-qwen2-vl", "--tasks", "synth_mme,synth_textvqa", "--ratio", "0,0.5",
+         "--limit", "2", "--model-args", SMALL, "--output", str(tmp_path)],
+        cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for label in ("baseline", "dash-0.5"):
+        for task in ("synth_mme", "synth_textvqa"):
+            name = f"samples_{task}.jsonl"
+            assert responses(tmp_path / label / name) == responses(out / label / name)
+        stats = (tmp_path / label / "prefill.jsonl").read_text().splitlines()
+        assert len(stats) == 4  # both ranks' samples gathered
