@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import dashvl
+from dashvl.baselines import downsample
 from dashvl import viz
 from dashvl.adapters import adapter_for
 from dashvl.config import KV_MODES, METHODS, SCOPES
@@ -57,6 +58,7 @@ class Request:
     prompt: str
     config: dashvl.DashConfig
     max_new_tokens: int
+    downsample: float = 0.0   # method "downsample": share of visual tokens removed before the LLM
 
     @classmethod
     def parse(cls, prompt, ratio, layer, kv, scope, max_new_tokens, num_layers: int, method: str = "dash",
@@ -81,6 +83,13 @@ class Request:
             raise InputError(f"vision ratio must be a number in [0, 1); got {vision_ratio!r}") from None
         if vision_ratio > 0 and vision_blocks is None:
             raise InputError("this model's vision tower cannot halt patches: set the vision ratio to 0")
+        downsample = 0.0
+        if method == "downsample":  # resized inputs, then a ratio-0 trace of the smaller prompt
+            if vision_ratio > 0:
+                raise InputError("downsample already shrinks the images: set the vision ratio to 0 with it")
+            if not 0 <= ratio < 1:
+                raise InputError(f"ratio must be a number in [0, 1); got {ratio!r}")
+            downsample, ratio, method = ratio, 0.0, "dash"
         try:
             config = dashvl.DashConfig(ratio=ratio, layer=layer, kv=kv, scope=scope, method=method,
                                        vision_ratio=vision_ratio, vision_layer=_whole(vision_layer or 0, "vision layer"))
@@ -89,7 +98,7 @@ class Request:
                 config.resolve_vision_layer(vision_blocks)
         except (TypeError, ValueError) as err:
             raise InputError(str(err)) from err
-        return cls(prompt, config, new)
+        return cls(prompt, config, new, downsample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +143,7 @@ class Viewer:
         self.layers = adapter.decoder_layers(model)
         self.num_layers = len(self.layers)
         self.text_config = adapter.text_config(model)
+        self.image_token = adapter.image_token_id(model)
         self.crop = _grid_crop(processor.image_processor)
         try:  # blocks of the vision tower when patches can halt inside it, else None
             self.vision_blocks = len(adapter.vision_spec(model).blocks)
@@ -163,28 +173,43 @@ class Viewer:
 
     @torch.inference_mode()
     def answer(self, request: Request, images: list[Image.Image]):
-        """Generate without and with DASH: ``(plain Run, dash Run, trace, input_ids)``."""
+        """Generate without and with DASH (or downsampling): ``(plain Run, dash Run, trace, input_ids)``."""
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": request.prompt}]
         text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        try:
-            inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.model.device)
-        except ValueError as err:  # e.g. Qwen2-VL refuses aspect ratios over 200
-            raise InputError(f"the model's processor refused the input: {err}") from None
-        T = inputs["input_ids"].shape[1]
 
-        def generate():
+        def encode(process):
+            try:
+                return process(text=[text], images=images, return_tensors="pt").to(self.model.device)
+            except ValueError as err:  # e.g. Qwen2-VL refuses aspect ratios over 200
+                raise InputError(f"the model's processor refused the input: {err}") from None
+
+        def generate(inputs):
+            T = inputs["input_ids"].shape[1]
             with _PrefillClock(self.layers) as clock:
                 out = self.model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
             answer = self.processor.batch_decode(out[:, T:], skip_special_tokens=True)[0].strip()
             return answer, clock.seconds
 
-        answer, seconds = generate()
-        plain = Run(answer, seconds, T * self.num_layers)
-        with dashvl.compress(self.model, request.config) as handle:
-            answer, seconds = generate()
-            trace = handle.trace
+        inputs = encode(self.processor)
+        answer, seconds = generate(inputs)
+        plain = Run(answer, seconds, inputs["input_ids"].shape[1] * self.num_layers)
+        if request.downsample:
+            visual = int(policy_visual(inputs["input_ids"], self.image_token))
+            with downsample(self.model, self.processor, request.downsample) as ds:
+                inputs = encode(ds.process)
+                with dashvl.compress(self.model, request.config) as handle:  # ratio 0: a trace, no halting
+                    answer, seconds = generate(inputs)
+        else:
+            with dashvl.compress(self.model, request.config) as handle:
+                answer, seconds = generate(inputs)
+        trace = handle.trace
         dash = Run(answer, seconds, int(trace.tokens_per_layer[0].sum()))
-        return plain, dash, trace, inputs["input_ids"].cpu()
+        notes = []
+        if request.downsample:
+            notes.append(f"downsample {request.downsample:g}: the images gave "
+                         f"{int(policy_visual(inputs['input_ids'], self.image_token))} visual tokens instead of "
+                         f"{visual}; nothing halts inside the model (the right-hand run)")
+        return plain, dash, trace, inputs["input_ids"].cpu(), notes
 
     def run(self, paths, prompt, ratio, layer, kv, scope, max_new_tokens, method="dash", vision_ratio=0.0,
             vision_layer=0) -> ViewerResult:
@@ -192,7 +217,8 @@ class Viewer:
         request = Request.parse(prompt, ratio, layer, kv, scope, max_new_tokens, self.num_layers, method,
                                 vision_ratio, vision_layer, self.vision_blocks)
         model_imgs, shown, notes = self.load_images(paths)
-        plain, dash, trace, ids = self.answer(request, model_imgs)
+        plain, dash, trace, ids, more = self.answer(request, model_imgs)
+        notes += more
         grids = sum(s.kind == "image" for s in trace.spans)
         if grids != len(shown):  # e.g. a LLaVA that keeps CLS tokens: no grid to draw on
             raise RuntimeError(f"the trace has grids for {grids} image(s) but {len(shown)} were given")
@@ -245,12 +271,17 @@ def run_stats(result: ViewerResult, num_layers: int) -> tuple[str, str]:
     tr, plain, dash = result.trace, result.plain, result.dash
     T, A = int(tr.real[0].sum()), int(tr.active[0].sum())
     top = num_layers - 1
-    plain_md = (f"**LLM prefill** {plain.prefill_s * 1e3:.1f} ms · **tokens processed** {T} in each of "
-                f"{num_layers} layers = {plain.token_layers}")
+    plain_md = (f"**LLM prefill** {plain.prefill_s * 1e3:.1f} ms · **tokens processed** "
+                f"{plain.token_layers // num_layers} in each of {num_layers} layers = {plain.token_layers}")
     dash_md = (f"**LLM prefill** {dash.prefill_s * 1e3:.1f} ms · **tokens processed** {T} in {_layers(0, tr.layer)}, "
                f"{A} in {_layers(tr.layer + 1, top)} = {dash.token_layers} "
                f"({dash.token_layers / plain.token_layers:.0%})")
     return plain_md, dash_md
+
+
+def policy_visual(input_ids: torch.Tensor, image_token: int) -> torch.Tensor:
+    """How many image tokens a prompt holds."""
+    return (input_ids == image_token).sum()
 
 
 def _layers(first: int, last: int) -> str:
@@ -327,8 +358,9 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                 with gr.Row():
                     kv = gr.Radio(list(KV_MODES), value="drop", label="kv (halted tokens as keys above l_s)")
                     scope = gr.Radio(list(SCOPES), value="all", label="scope (which tokens may halt)")
-                method = gr.Radio(list(METHODS), value="dash", elem_id="method",
-                                  label="method (dash: smallest Δ halts; random / fastv: baselines at the same budget)")
+                method = gr.Radio(list(METHODS) + ["downsample"], value="dash", elem_id="method",
+                                  label="method (dash: smallest Δ halts; random / fastv / downsample: baselines at "
+                                        "the same budget; downsample shrinks the images instead)")
                 with gr.Row(visible=viewer.vision_blocks is not None):
                     vision_ratio = gr.Slider(0, 0.95, value=0.0, step=0.05, elem_id="vision_ratio",
                                              label="vision ratio (share of patches halted inside the vision tower)")

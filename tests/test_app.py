@@ -110,6 +110,24 @@ def test_viewer_shows_vision_tower_halting(viewer):
         viewer.run([SHAPES], **GOOD, vision_ratio=0.5, vision_layer=1)
 
 
+def test_viewer_runs_the_downsampling_baseline(viewer):
+    result = viewer.run([SHAPES], **{**GOOD, "ratio": 0.75}, method="downsample")
+    plain_tokens = result.plain.token_layers // viewer.num_layers
+    assert not result.trace.halted.any()  # nothing halts inside the model: the images shrank instead
+    assert result.trace.tokens_per_layer[0, 0] < plain_tokens
+    (span,) = result.trace.spans
+    assert any(n.startswith("downsample 0.75: the images gave") for n in result.notes)
+    assert len(hv.overlays(result, 3)) == 1 and span.positions.numel() < 15  # 15: the full grid of SHAPES
+    with pytest.raises(hv.InputError, match="set the vision ratio to 0"):
+        viewer.run([SHAPES], **GOOD, method="downsample", vision_ratio=0.5)
+
+
+def test_llava_downsample_draws_the_pooled_grid():
+    viewer = hv.Viewer(*dashvl.load_model("tiny-random-llava"), "tiny-random-llava")
+    result = viewer.run([SHAPES], **{**GOOD, "ratio": 0.75}, method="downsample")
+    assert [s.grid for s in result.trace.spans] == [(1, 2, 2)]  # 4x4 CLIP grid pooled to 2x2
+
+
 @pytest.mark.parametrize("method", ["random", "fastv"])
 def test_viewer_runs_the_baselines(viewer, method):
     result = viewer.run([SHAPES], **GOOD, method=method)

@@ -1,6 +1,8 @@
 """LLaVA-1.5 style models: a CLIP tower, a projector, and a Llama / Mistral / Qwen2 text backbone."""
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from .base import Adapter, ImageGrid
@@ -43,9 +45,12 @@ class LlavaAdapter(Adapter):
         if model.config.vision_feature_select_strategy != "default":
             return [[] for _ in runs]  # CLS kept in the sequence: no square grid to draw
         out = []
-        for runs in runs:
+        for row_runs in runs:
             items = []
-            for _, _, n in runs:
-                items += [("image", 1, side, side)] * (n // (side * side))
+            for _, _, n in row_runs:
+                if n % (side * side) == 0:  # one or more adjacent full grids
+                    items += [("image", 1, side, side)] * (n // (side * side))
+                elif math.isqrt(n) ** 2 == n:  # one pooled grid (dashvl.baselines.downsample)
+                    items.append(("image", 1, math.isqrt(n), math.isqrt(n)))
             out.append(items)
         return out
