@@ -44,6 +44,8 @@ def main(argv=None, **defaults):
     p.add_argument("--vision-ratios", default="", help="e2e: comma list of vision_ratio values (vision tower "
                    "alone, and with the LLM at the same ratio)")
     p.add_argument("--vision-layer", default="0.25", help="vision block v_s (int, or float fraction)")
+    p.add_argument("--downsample", default="", help="e2e, Qwen2-VL: comma list of ratios for the downsampling "
+                   "baseline (images giving (1 - ratio) of the visual tokens), timed next to the settings")
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -120,6 +122,15 @@ def e2e_split(model, inputs, settings, args, cuda) -> dict:
     for v_row, llm_row, e2e_row in zip(vision_rows, llm_rows, e2e_rows):
         v_row["limit"] = e2e_row["vision_limit"]
         e2e_row["limit"] = (V + L) / (V / e2e_row["vision_limit"] + L / llm_row["limit"])
+    for r in [float(x) for x in args.downsample.split(",") if x]:
+        # the pre-LLM baseline: a smaller image grid, the unmodified model (no compress)
+        n = inputs["input_ids"].shape[1]
+        small = visual_inputs(model, max(4, round(sum((inputs["input_ids"] == model.config.image_token_id)[0].tolist())
+                                                  * (1 - r))), inputs["input_ids"].device)
+        row = time_settings(model, lambda: (lambda: model(**small, use_cache=True, logits_to_keep=1)), [],
+                            args.reps, args.warmup, cuda=cuda)[0]
+        e2e_rows.append(dict(row, setting=f"downsample={r} ({small['input_ids'].shape[1]} of {n} tokens)",
+                             speedup=e2e_rows[0]["ms"] / row["ms"], limit=float("nan")))
     return dict(vision_ms=V, vision_rows=vision_rows, llm_rows=llm_rows, e2e_rows=e2e_rows)
 
 
