@@ -226,6 +226,8 @@ class DashHandle:
         if mask is not None and mask.dim() != 2:
             raise ValueError(f"dashvl needs a 2-D attention_mask [batch, length] (1 = token, 0 = padding); "
                              f"got shape {tuple(mask.shape)}")
+        if T == 1:  # a decode step: nothing halts and nothing is traced, so no per-token bookkeeping
+            return _Call(B, T, None, None, grid_kwargs)
         real = mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=shaped.device)
         kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
         call = _Call(B, T, real, kinds, grid_kwargs)
