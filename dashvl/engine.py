@@ -444,6 +444,7 @@ def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _scatter_tokens(frozen: torch.Tensor, index: torch.Tensor, src: torch.Tensor, valid) -> torch.Tensor:
     """Write src [B, A, d] into a copy of frozen [B, T, d] at index [B, A]; filler slots keep frozen's values."""
+    src = src.to(frozen.device)  # a model split over devices (device_map) ends the stack elsewhere
     idx = index[..., None].expand_as(src)
     if valid is not None:
         src = torch.where(valid[..., None], src, frozen.gather(1, idx))

@@ -101,6 +101,8 @@ class Adapter:
             keys, values: [B, kv_heads, H, head_dim], RoPE applied as the layer's own attention does.
         """
         attn = layer.self_attn
+        device = attn.k_proj.weight.device  # the layer may sit on another device than l_s (device_map)
+        hidden, cos, sin = hidden.to(device), cos.to(device), sin.to(device)
         x = layer.input_layernorm(hidden)
         B, H, _ = x.shape
         k = attn.k_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
