@@ -63,6 +63,7 @@ class _Call:
         self.active = None
         self.overrides = None      # keyword arguments swapped into every halted-region layer
         self.keep_cache = None     # where kv="keep" writes the frozen tokens' keys/values
+        self.past_real = None      # bool [B, past] from the 2-D mask, when the call carried one
 
 
 class DashHandle:
@@ -231,6 +232,8 @@ class DashHandle:
         real = mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=shaped.device)
         kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
         call = _Call(B, T, real, kinds, grid_kwargs)
+        if mask is not None and mask.shape[1] > T:  # padding of earlier turns, for caches built without halting
+            call.past_real = mask[:, :-T].bool()
 
         if cfg.ratio > 0 and T > 1:
             eligible = policy.eligible_tokens(kinds, cfg.scope, cfg.protect_last)
@@ -356,8 +359,10 @@ class DashHandle:
         B, T, past, device = call.B, call.T, call.past_len, hidden.device
         if session is not None:
             past_keys, past_valid = session.key_pos, session.all_valid
-        elif past:  # earlier turns halted nothing: the halted layers' caches are full length
+        elif past:  # earlier turns halted nothing: the halted layers' caches are full length, padding included
             past_keys, past_valid = torch.arange(past, device=device).expand(B, past), True
+            if call.past_real is not None and call.past_real.shape[1] == past:
+                past_keys, past_valid = torch.where(call.past_real, past_keys, -1), False
         else:
             past_keys, past_valid = None, True
 

@@ -106,3 +106,27 @@ def test_second_turn_reuses_the_cache(family, kv):
     assert torch.equal(second.sequences[:, turn2["input_ids"].shape[1]:], tokens)
     for got, want in zip(second.logits, logits):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_compressing_between_turns_keeps_the_first_turns_padding_masked(kv):
+    """Turn 1 ran unmodified on a left-padded batch; turn 2 halts: the padding in the cache stays masked."""
+    model, tok = build("llama")
+    inputs = make_inputs("llama", 3)
+    with torch.no_grad():
+        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    more = tok([" describe the big red square"] * 3, return_tensors="pt").input_ids
+    turn2 = dict(inputs)
+    for t in torch.cat([first.sequences[:, inputs["input_ids"].shape[1]:], more], 1).T:
+        turn2 = extend(turn2, t)
+    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+        second = model.generate(**turn2, cache=first.past_key_values, max_new_tokens=4, do_sample=False,
+                                return_dict_in_generate=True, output_logits=True)
+    ref = Reference(model, 1, kv)
+    real = turn2["attention_mask"].bool()
+    start = first.sequences.shape[1] - 1
+    halted = reference_halted(ref.scores(turn2), real, visual_kinds(model, turn2["input_ids"]), 0.5, start=start)
+    tokens, logits = ref.greedy(turn2, halted, steps=4)
+    assert torch.equal(second.sequences[:, turn2["input_ids"].shape[1]:], tokens)
+    for got, want in zip(second.logits, logits):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
