@@ -130,3 +130,23 @@ def test_compressing_between_turns_keeps_the_first_turns_padding_masked(kv):
     assert torch.equal(second.sequences[:, turn2["input_ids"].shape[1]:], tokens)
     for got, want in zip(second.logits, logits):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_beam_search_on_a_padded_batch_matches_reference(kv):
+    """Beams of different prompts (rows halting different tokens) reorder within their own group."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    T = inputs["input_ids"].shape[1]
+    ref, halted = _prompt_halted(model, inputs, 1, kv, 0.5)
+    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False,
+                             length_penalty=0.0, return_dict_in_generate=True, output_scores=True)
+    for i, (seq, score) in enumerate(zip(out.sequences, out.sequences_scores)):
+        b = i // 2
+        row = {k: v[b:b + 1] for k, v in inputs.items()}
+        full = _with_sequence(row, seq)
+        h = torch.zeros(full["input_ids"].shape, dtype=torch.bool)
+        h[:, :T] = halted[b]
+        logp = ref.logits(full, h)[0, T - 1:-1].log_softmax(-1)
+        torch.testing.assert_close(score, logp.gather(1, seq[T:, None]).sum(), atol=1e-3, rtol=0)
