@@ -78,10 +78,7 @@ class DashConfig:
         return _resolve("vision_layer", self.vision_layer, num_blocks, "vision blocks")
 
     def num_halted(self, n_eligible: int) -> int:
-        """floor(ρ · n), with a tolerance of 1e-9 so that e.g. 0.29 · 100 gives 29, not 28.
-
-        The engine computes the same formula on the device in float64; keep the two in step.
-        """
+        """floor(ρ · n), with a tolerance of 1e-9 so that e.g. 0.29 · 100 gives 29, not 28."""
         return int(self.ratio * n_eligible + 1e-9)
 
 

@@ -245,8 +245,10 @@ class DashHandle:
             if any(num_halt):
                 n_active = [r - h for r, h in zip(n_real, num_halt)]
                 call.num_halt = num_halt
-                # the same counts on the device, computed there: a host-to-device copy would wait for the GPU
-                call.num_halt_t = (eligible.sum(1).double() * cfg.ratio + 1e-9).floor().long()
+                # the same counts on the device: a fill when rows agree (no copy at all); else a small copy,
+                # right after the sync above, when the GPU has nothing queued to wait for
+                call.num_halt_t = torch.full((B,), num_halt[0], device=shaped.device) if len(set(num_halt)) == 1 \
+                    else torch.tensor(num_halt, device=shaped.device)
                 call.eligible = eligible
                 call.width = max(n_active)                       # slots per row above l_s
                 call.all_valid = min(n_active) == call.width     # no filler slots anywhere
