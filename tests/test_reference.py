@@ -130,3 +130,25 @@ def test_language_model_called_directly_halts_too():
     assert direct is not whole and torch.equal(direct.halted, whole.halted) and direct.halted.any()
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(model.lm_head(hidden)[real], logits[real], atol=1e-5, rtol=0)
+
+
+def test_a_row_without_images_under_scope_vision():
+    """One row halts 75% of its image tokens, the other has none to halt: it runs whole above l_s."""
+    from dashvl.tiny import sample_image
+    model, proc = build("qwen2_vl")
+    with_image = proc.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "what colour is it?"}]}], add_generation_prompt=True)
+    text_only = proc.apply_chat_template([{"role": "user", "content": [
+        {"type": "text", "text": "how many shapes are there in this picture on the left?"}]}], add_generation_prompt=True)
+    inputs = dict(proc(text=[with_image, text_only], images=[sample_image()], return_tensors="pt", padding=True))
+    ref = Reference(model, 1, "drop")
+    real = inputs["attention_mask"].bool()
+    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.75, "vision")
+    assert halted[0].any() and not halted[1].any()
+    tokens, logits = ref.greedy(inputs, halted)
+    with dashvl.compress(model, ratio=0.75, layer=1, scope="vision") as h:
+        out = generate(model, inputs)
+    assert torch.equal(h.trace.halted, halted)
+    assert torch.equal(out.sequences[:, inputs["input_ids"].shape[1]:], tokens)
+    for got, want in zip(out.logits, logits):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
