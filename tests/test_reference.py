@@ -8,16 +8,17 @@ from helpers import FAMILIES, Reference, build, generate, layers_of, make_inputs
 ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order
 
 
-def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope="all", images=1):
+def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope="all", images=1, protect_last=1):
     model, _ = build(family, attn)
     inputs = make_inputs(family, batch, images)
     ref = Reference(model, layer, kv)
     real = inputs["attention_mask"].bool()
-    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), ratio, scope)
+    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), ratio, scope,
+                              protect_last)
     assert halted.any()
     ref_tokens, ref_logits = ref.greedy(inputs, halted)
 
-    with dashvl.compress(model, ratio=ratio, layer=layer, kv=kv, scope=scope) as h:
+    with dashvl.compress(model, ratio=ratio, layer=layer, kv=kv, scope=scope, protect_last=protect_last) as h:
         out = generate(model, inputs)
         trace = h.trace
     assert torch.equal(trace.halted, halted)
@@ -40,6 +41,10 @@ def test_matches_reference(family, attn, batch, kv):
 @pytest.mark.parametrize("scope", ["vision", "text"])
 def test_scopes_match_reference(family, scope):
     _check_against_reference(family, "sdpa", 3, "drop", ratio=0.75, scope=scope, images=2)
+
+
+def test_protect_last_several_tokens():
+    _check_against_reference("qwen2_vl", "sdpa", 3, "drop", ratio=0.9, protect_last=6)
 
 
 @pytest.mark.parametrize("layer", [0, 2])
