@@ -6,6 +6,7 @@
     handle.trace            # what was halted in the last prefill
     dashvl.restore(model)
 """
+from . import baselines, flops  # light modules the README uses as dashvl.baselines / dashvl.flops
 from .api import compress, get_handle, restore
 from .config import DashConfig
 from .engine import DashHandle
