@@ -157,3 +157,24 @@ def test_a_row_without_images_under_scope_vision():
     assert torch.equal(out.sequences[:, inputs["input_ids"].shape[1]:], tokens)
     for got, want in zip(out.logits, logits):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_right_padding_in_a_plain_forward(kv):
+    """The last *real* token of each row is protected and padding never becomes a key, wherever it sits."""
+    model, tok = build("llama")
+    texts = ["what colour is the square", "how many shapes are there in this picture on the left of the big tree"]
+    tok.padding_side = "right"
+    try:
+        inputs = dict(tok(texts, return_tensors="pt", padding=True))
+    finally:
+        tok.padding_side = "left"
+    real = inputs["attention_mask"].bool()
+    assert not real[0, -1]  # row 0 really is right-padded
+    ref = Reference(model, 1, kv)
+    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
+    want = ref.logits(inputs, halted)
+    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as h, torch.no_grad():
+        got = model(**inputs).logits
+    assert torch.equal(h.trace.halted, halted)
+    torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)
