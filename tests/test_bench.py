@@ -34,3 +34,16 @@ def test_prefill_benchmark_runs_on_cpu(tmp_path, model, mode):
         assert len(vision_rows) == 2 and all(r["limit"] > 1 for r in vision_rows)
         (down,) = [r for r in entry["e2e_rows"] if r["setting"].startswith("downsample=0.5")]
         assert down["ms"] > 0 and down["speedup"] > 0
+
+
+def test_accuracy_table_runs(tmp_path):
+    from accuracy import main
+
+    out, pic = tmp_path / "ACCURACY.md", tmp_path / "example.png"
+    main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5", "--out", str(out),
+          "--picture", str(pic)])
+    text = out.read_text()
+    for label in ("unmodified", "dash drop 0.5", "dash keep 0.5", "random drop 0.5"):
+        assert f"| {label} |" in text
+    assert "| setting | existence | colour | shape | count | position | reading | mean |" in text
+    assert pic.stat().st_size > 1000

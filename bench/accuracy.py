@@ -1,0 +1,110 @@
+"""Accuracy of the bundled models per question family: unmodified, DASH, and random halting at equal budgets.
+
+    python bench/accuracy.py                       # both bundled models -> bench/ACCURACY.md + a picture
+    python bench/accuracy.py --per-family 200 --models qwen2-vl-synth
+
+Greedy answers to ``dashvl.synth``'s held-out test questions, exact match after lower-casing (the same
+scoring as the model cards, through ``train_synth.evaluate``). Writes ``bench/ACCURACY.md`` and
+``bench/halting_example.png`` (which patches DASH halts on one test image).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(__file__))
+import dashvl  # noqa: E402
+from dashvl import synth  # noqa: E402
+from train_synth import evaluate  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def settings(ratios, layer):
+    out = [("unmodified", None)]
+    for r in ratios:
+        out += [(f"dash drop {r:g}", dict(ratio=r, layer=layer, kv="drop")),
+                (f"dash keep {r:g}", dict(ratio=r, layer=layer, kv="keep")),
+                (f"random drop {r:g}", dict(ratio=r, layer=layer, kv="drop", method="random"))]
+    return out
+
+
+def table(name, rows) -> list[str]:
+    lines = [f"### {name}", "", "| setting | " + " | ".join(synth.FAMILIES) + " | mean |",
+             "|---|" + "---|" * (len(synth.FAMILIES) + 1)]
+    for label, acc in rows:
+        cells = [f"{100 * acc[f]:.1f}" for f in synth.FAMILIES]
+        mean = 100 * sum(acc.values()) / len(acc)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean:.1f} |")
+    return lines + [""]
+
+
+def picture(model, processor, path, ratio, layer):
+    """One test image with the tokens DASH halted above ``layer`` tinted red."""
+    from dashvl import viz
+    sample = next(s for s in synth.make_split("test", 12) if s.family == "colour")
+    text = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": sample.question}]}], add_generation_prompt=True)
+    inputs = processor(text=[text], images=[sample.image], return_tensors="pt").to(model.device)
+    with dashvl.compress(model, ratio=ratio, layer=layer) as h, torch.no_grad():
+        model(**inputs)
+    overlay = viz.halted_overlay(h.trace, sample.image, 0)
+    heat = viz.delta_heatmap(h.trace, sample.image, 0)
+    from PIL import Image
+    both = Image.new("RGB", (overlay.width + heat.width, max(overlay.height, heat.height)), "white")
+    both.paste(overlay, (0, 0))
+    both.paste(heat, (overlay.width, 0))
+    both.save(path)
+    return sample.question
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="qwen2-vl-synth,llava-synth")
+    p.add_argument("--per-family", type=int, default=50)
+    p.add_argument("--ratios", default="0.25,0.5,0.75,0.9")
+    p.add_argument("--layer", type=int, default=1, help="activation layer (the bundled models have 4 layers)")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--out", default=os.path.join(HERE, "ACCURACY.md"))
+    p.add_argument("--picture", default=os.path.join(HERE, "halting_example.png"))
+    args = p.parse_args(argv)
+    ratios = [float(r) for r in args.ratios.split(",")]
+    start = time.time()
+    lines = ["# Accuracy of the bundled models with DASH", "",
+             f"`python bench/accuracy.py --per-family {args.per_family} --ratios {args.ratios} --layer {args.layer}` "
+             f"on {'a GPU' if torch.cuda.is_available() else 'the CPU'}; torch {torch.__version__}, "
+             f"transformers {__import__('transformers').__version__}. Greedy answers to {args.per_family} held-out "
+             "test questions per family, exact match (%). DASH halts the lowest-Δ tokens after layer "
+             f"{args.layer} (scope all); random halts as many, chosen uniformly (seed 0).", ""]
+    for name in args.models.split(","):
+        model, processor = dashvl.load_model(name)
+        rows = []
+        for label, cfg in tqdm(settings(ratios, args.layer), desc=name):
+            quiet = lambda *a, **k: None  # noqa: E731
+            if cfg is None:
+                result = evaluate(model, processor, args.per_family, batch=args.batch, workers=0,
+                                  device=str(model.device), log=quiet)
+            else:
+                with dashvl.compress(model, **cfg):
+                    result = evaluate(model, processor, args.per_family, batch=args.batch, workers=0,
+                                      device=str(model.device), log=quiet)
+            rows.append((label, result["accuracy"]))
+        lines += table(name, rows)
+        if name == args.models.split(",")[0] and args.picture:
+            question = picture(model, processor, args.picture, 0.75, args.layer)
+            lines += [f"![tokens halted by DASH]({os.path.basename(args.picture)})", "",
+                      f"{name}, question {question!r}, ratio 0.75 after layer {args.layer}: left, the image "
+                      "tokens halted (red); right, Δ at the activation layer.", ""]
+    lines.append(f"Run time: {(time.time() - start) / 60:.1f} min.")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
