@@ -161,6 +161,14 @@ def visual_kinds(model, input_ids):
         else torch.zeros_like(input_ids, dtype=torch.bool)
 
 
+def assert_same_generation(out, inputs, tokens, logits, atol: float = 2e-4):
+    """generate()'s new tokens equal the reference's greedy ``tokens``; its per-step logits are within ``atol``."""
+    assert torch.equal(out.sequences[:, inputs["input_ids"].shape[1]:], tokens)
+    assert len(out.logits) == len(logits)
+    for step, (got, want) in enumerate(zip(out.logits, logits)):
+        torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m, step=step: f"step {step}: {m}")
+
+
 @torch.no_grad()
 def generate(model, inputs, **kw):
     return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,

@@ -5,7 +5,7 @@ import torch
 import dashvl
 from dashvl.baselines import downsample
 from dashvl.tiny import sample_image
-from helpers import Reference, build, generate, make_inputs, reference_halted, visual_kinds
+from helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, visual_kinds
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
@@ -33,10 +33,7 @@ def test_fastv_runs_on_sdpa_and_matches_the_reference():
     halted = h.trace.halted
     assert halted.any() and (h.trace.kinds[halted] == 1).all()
     tokens, logits = Reference(model, 1, "drop").greedy(inputs, halted)
-    T = inputs["input_ids"].shape[1]
-    assert torch.equal(out.sequences[:, T:], tokens)
-    for got, want in zip(out.logits, logits):
-        torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+    assert_same_generation(out, inputs, tokens, logits)
 
 
 def test_random_is_seeded_uniform_and_counted():

@@ -12,7 +12,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import dashvl
 from dashvl.tiny import tiny_decoder, tiny_llava, tiny_qwen2_vl
-from helpers import Reference, build, generate, make_inputs, reference_halted, visual_kinds
+from helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, visual_kinds
 
 
 def emulated_flash(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -76,10 +76,7 @@ def test_drop_on_flash_matches_reference(flash_emulated, family, batch):
         with dashvl.compress(model, ratio=0.0, layer=1):
             zero = generate(model, inputs)
     assert torch.equal(h.trace.halted, halted)
-    T = inputs["input_ids"].shape[1]
-    assert torch.equal(out.sequences[:, T:], tokens)
-    for got, want in zip(out.logits, logits):
-        torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+    assert_same_generation(out, inputs, tokens, logits)
     assert torch.equal(zero.sequences, unmodified.sequences)
 
 

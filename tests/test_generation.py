@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dashvl
-from helpers import Reference, build, extend, make_inputs, reference_halted, visual_kinds
+from helpers import assert_same_generation, build, extend, make_inputs, Reference, reference_halted, visual_kinds
 
 ATOL = 2e-4
 
@@ -103,9 +103,7 @@ def test_second_turn_reuses_the_cache(family, kv):
     halted = reference_halted(ref.scores(turn2), real, visual_kinds(model, turn2["input_ids"]), ratio, start=S1)
     halted[:, :halted_1.shape[1]] |= halted_1
     tokens, logits = ref.greedy(turn2, halted, steps=4)
-    assert torch.equal(second.sequences[:, turn2["input_ids"].shape[1]:], tokens)
-    for got, want in zip(second.logits, logits):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_generation(second, turn2, tokens, logits, ATOL)
 
 
 @pytest.mark.parametrize("kv", ["drop", "keep"])
@@ -127,9 +125,7 @@ def test_compressing_between_turns_keeps_the_first_turns_padding_masked(kv):
     start = first.sequences.shape[1] - 1
     halted = reference_halted(ref.scores(turn2), real, visual_kinds(model, turn2["input_ids"]), 0.5, start=start)
     tokens, logits = ref.greedy(turn2, halted, steps=4)
-    assert torch.equal(second.sequences[:, turn2["input_ids"].shape[1]:], tokens)
-    for got, want in zip(second.logits, logits):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_generation(second, turn2, tokens, logits, ATOL)
 
 
 @pytest.mark.parametrize("kv", ["drop", "keep"])

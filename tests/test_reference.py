@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import dashvl
-from helpers import FAMILIES, Reference, build, generate, layers_of, make_inputs, reference_halted, visual_kinds
+from helpers import (FAMILIES, assert_same_generation, build, generate, layers_of, make_inputs, Reference,
+                     reference_halted, visual_kinds)
 
 ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order
 
@@ -23,10 +24,7 @@ def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope=
         trace = h.trace
     assert torch.equal(trace.halted, halted)
     assert torch.equal(trace.active, real & ~halted)
-    T = inputs["input_ids"].shape[1]
-    assert torch.equal(out.sequences[:, T:], ref_tokens)
-    for step, (got, want) in enumerate(zip(out.logits, ref_logits)):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=f"step {step}")
+    assert_same_generation(out, inputs, ref_tokens, ref_logits, ATOL)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -154,9 +152,7 @@ def test_a_row_without_images_under_scope_vision():
     with dashvl.compress(model, ratio=0.75, layer=1, scope="vision") as h:
         out = generate(model, inputs)
     assert torch.equal(h.trace.halted, halted)
-    assert torch.equal(out.sequences[:, inputs["input_ids"].shape[1]:], tokens)
-    for got, want in zip(out.logits, logits):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_generation(out, inputs, tokens, logits, ATOL)
 
 
 @pytest.mark.parametrize("kv", ["drop", "keep"])
