@@ -15,7 +15,6 @@ Two layouts, given by the adapter's ``VisionSpec``:
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 
@@ -95,9 +94,7 @@ class VisionHalting:
         self._hooks += [
             s.tower.register_forward_pre_hook(self._on_tower, with_kwargs=True),
             s.tower.register_forward_hook(self._on_tower_end, always_call=True),
-            getattr(s.blocks[v], s.attention).register_forward_hook(
-                functools.partial(self._on_attention, "batched" if s.layout == "batched" else "packed"),
-                with_kwargs=True),
+            getattr(s.blocks[v], s.attention).register_forward_hook(self._on_attention, with_kwargs=True),
         ]
         for block in s.blocks[v + 1:]:
             self._hooks.append(block.register_forward_pre_hook(self._on_block, with_kwargs=True))
@@ -114,13 +111,13 @@ class VisionHalting:
     def _on_tower_end(self, module, args, output):
         self._state = None
 
-    def _on_attention(self, layout, module, args, kwargs, output):
+    def _on_attention(self, module, args, kwargs, output):
         st = self._state
         if st is None:
             return None
         update = output[0] if isinstance(output, tuple) else output
         scores = policy.delta_scores(update)
-        if layout == "packed":
+        if self.spec.layout == "packed":
             self._select_packed(st, scores, kwargs)
         else:
             self._select_batched(st, scores)
