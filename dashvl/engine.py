@@ -55,7 +55,7 @@ class _Call:
         self.B, self.T = B, T
         self.real, self.kinds, self.grid_kwargs = real, kinds, grid_kwargs
         self.started = False       # set when the language model begins running this call
-        self.num_halt = None       # per-row halted counts (host ints) when this call halts anything
+        self.num_halt = None       # long [B] on the device: halted counts per row, when this call halts anything
         self.cache = None
         self.past_len = 0
         self.session = None
@@ -244,10 +244,9 @@ class DashHandle:
             num_halt = [cfg.num_halted(e) for e in n_elig]
             if any(num_halt):
                 n_active = [r - h for r, h in zip(n_real, num_halt)]
-                call.num_halt = num_halt
                 # the same counts on the device: a fill when rows agree (no copy at all); else a small copy,
                 # right after the sync above, when the GPU has nothing queued to wait for
-                call.num_halt_t = torch.full((B,), num_halt[0], device=shaped.device) if len(set(num_halt)) == 1 \
+                call.num_halt = torch.full((B,), num_halt[0], device=shaped.device) if len(set(num_halt)) == 1 \
                     else torch.tensor(num_halt, device=shaped.device)
                 call.eligible = eligible
                 call.width = max(n_active)                       # slots per row above l_s
@@ -318,7 +317,7 @@ class DashHandle:
             call.scores = policy.random_scores((call.B, call.T), self.config.seed, call.real.device)
         # fastv: scored by the pre-hook above
         if call.num_halt is not None:
-            halted = policy.select_halted(call.scores, call.eligible, call.num_halt_t)
+            halted = policy.select_halted(call.scores, call.eligible, call.num_halt)
             call.active = call.real & ~halted
             call.index, call.valid = policy.compact_index(call.active, call.width)
             if self.config.kv == "keep":
