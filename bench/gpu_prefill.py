@@ -46,6 +46,8 @@ def main(argv=None, **defaults):
     p.add_argument("--vision-layer", default="0.25", help="vision block v_s (int, or float fraction)")
     p.add_argument("--downsample", default="", help="e2e, Qwen2-VL: comma list of ratios for the downsampling "
                    "baseline (images giving (1 - ratio) of the visual tokens), timed next to the settings")
+    p.add_argument("--graph", default="auto", help="comma list of auto (the default: the halted layers replay "
+                   "a CUDA graph where they can) and off (cuda_graph=False: the layers run one by one)")
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -71,6 +73,11 @@ def main(argv=None, **defaults):
     settings = [dict(method=m, ratio=float(r), layer=l, kv=kv, scope="all")
                 for m in args.methods.split(",") for l in layers for kv in args.kv.split(",")
                 for r in args.ratios.split(",") if not (float(r) == 0 and (kv == "keep" or m != "dash"))]
+    graph_modes = args.graph.split(",")
+    if set(graph_modes) - {"auto", "off"}:
+        p.error(f"--graph takes auto and/or off; got {args.graph!r}")
+    settings = [dict(s, cuda_graph=False) if mode == "off" else s
+                for s in settings for mode in graph_modes if mode == "auto" or (s["ratio"] > 0 and s["kv"] == "drop")]
     vision_layer = float(args.vision_layer) if "." in args.vision_layer else int(args.vision_layer)
     for vr in [float(x) for x in args.vision_ratios.split(",") if x]:
         settings.append(dict(ratio=0.0, vision_ratio=vr, vision_layer=vision_layer))
@@ -170,6 +177,17 @@ def check(model, inputs) -> dict:
         with dashvl.compress(model, ratio=0.75, layer=2, kv="drop"), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             logits = model(**llm_only, use_cache=True, logits_to_keep=1).logits
         out["drop_on_flash_kernel"] = bool(torch.isfinite(logits).all())
+    if ref.is_cuda:  # the captured graph computes what the layers compute one by one
+        graphed = {}
+        for mode in (None, False):
+            with dashvl.compress(model, ratio=0.75, layer=2, cuda_graph=mode) as h:
+                for _ in range(2):  # capture, then replay
+                    graphed[mode] = model(**inputs, use_cache=True, logits_to_keep=1).logits.float()
+                if mode is None:
+                    captures = h._graphs.captures
+        diff = (graphed[None] - graphed[False]).abs().max().item()
+        out["graph_vs_eager"] = dict(captures=captures, max_abs_logit_diff=round(diff, 4),
+                                     same_argmax=bool(torch.equal(graphed[None].argmax(-1), graphed[False].argmax(-1))))
     return out
 
 

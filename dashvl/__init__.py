@@ -10,8 +10,10 @@ from . import baselines, flops  # light modules the README uses as dashvl.baseli
 from .api import compress, get_handle, restore
 from .config import DashConfig
 from .engine import DashHandle
+from .graphs import release as release_graphs
 from .models import load_model
 from .trace import HaltTrace, VisualSpan
 
-__all__ = ["compress", "restore", "get_handle", "load_model", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan"]
+__all__ = ["compress", "restore", "get_handle", "load_model", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan",
+           "release_graphs"]
 __version__ = "0.1.0"

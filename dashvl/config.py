@@ -33,6 +33,10 @@ class DashConfig:
         seed: the seed of ``"random"``.
         vision_ratio: fraction of each image's patches that halt inside the vision tower (0: off).
         vision_layer: the vision block v_s where they halt: an int in [0, depth-2] or a float in (0, 1).
+        cuda_graph: replay the layers above l_s as a CUDA graph per (batch, width) shape, so short prompts
+            gain too (see ``dashvl.graphs``). None (default): wherever it applies (a fresh kv="drop" prefill
+            under no_grad on one CUDA device); True: the same, and an error if the model runs elsewhere;
+            False: never.
     """
 
     ratio: float = 0.5
@@ -44,6 +48,7 @@ class DashConfig:
     seed: int = 0
     vision_ratio: float = 0.0
     vision_layer: int | float = 0.25
+    cuda_graph: bool | None = None
 
     def __post_init__(self):
         if self.method == "downsample":
@@ -63,6 +68,11 @@ class DashConfig:
             raise ValueError(f"kv must be one of {KV_MODES}; got {self.kv!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}; got {self.scope!r}")
+        if self.cuda_graph not in (None, True, False):
+            raise ValueError(f"cuda_graph must be None (automatic), True or False; got {self.cuda_graph!r}")
+        if self.cuda_graph and self.kv != "drop":
+            raise ValueError("cuda_graph=True needs kv='drop' (keep mode computes the frozen tokens' keys per "
+                             "call); use kv='drop', or cuda_graph=None / False")
         if isinstance(self.protect_last, bool) or not isinstance(self.protect_last, numbers.Integral) or self.protect_last < 1:
             raise ValueError(f"protect_last must be an int >= 1 (the last prompt token always stays active); got {self.protect_last!r}")
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from . import policy
+from . import graphs, policy
 from .adapters import SUPPORTED_ATTENTION, Adapter
 from .config import DashConfig
 from .trace import HaltTrace, build_spans, visual_runs
@@ -64,6 +64,12 @@ class _Call:
         self.overrides = None      # keyword arguments swapped into every halted-region layer
         self.keep_cache = None     # where kv="keep" writes the frozen tokens' keys/values
         self.past_real = None      # bool [B, past] from the 2-D mask, when the call carried one
+        self.graph = False         # the halted layers run as one CUDA graph (dashvl.graphs) in this call
+        self.lazy = None           # ratio 0: (ids, mask, device), from which the trace works out token kinds
+
+    @property
+    def scores_device(self):
+        return self.real.device if self.real is not None else self.lazy[2]
 
 
 class DashHandle:
@@ -91,6 +97,8 @@ class DashHandle:
         self._trace: HaltTrace | None = None
         self._trace_key = None
         self._hooks: list = []
+        self._owner = adapter.language_model(model)  # the module whose .layers the stock loop runs
+        self._graphs = None
         self._vision = None
         if config.vision_ratio > 0:
             spec = adapter.vision_spec(model)
@@ -113,10 +121,19 @@ class DashHandle:
             if self.config.method == "fastv":
                 self._hooks.append(layers[ls].self_attn.register_forward_pre_hook(
                     self._on_activation_attention_input, with_kwargs=True))
-            for i in range(ls + 1, self._num_layers):
+            # ratio 0 never halts, so nothing above l_s needs a hook (hooks cost host time per layer)
+            halting = self.config.ratio > 0
+            for i in range(ls + 1, self._num_layers if halting else 0):
                 hook = functools.partial(self._on_halted_layer, i)
                 self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
-            self._hooks.append(layers[-1].register_forward_hook(self._on_last_layer))
+            if halting:
+                self._hooks.append(layers[-1].register_forward_hook(self._on_last_layer))
+            if halting and self.config.cuda_graph is not False and self.config.kv == "drop":  # keep: see DashConfig
+                first = ls + 1
+                self._graphs = graphs.bank_for(layers, first, self._cache_kw)
+                runner = graphs.HaltedRunner(self, getattr(layers[first], "attention_type", None))
+                self._short_layers = nn.ModuleList(list(layers[:first]) + [runner])
+                self._graph_devices = {p.device for p in layers[first:].parameters()}
             if self._vision is not None:
                 self._hooks += self._vision.install()
         except BaseException:
@@ -127,6 +144,8 @@ class DashHandle:
         """Remove every hook this handle added; the model is the unmodified one again."""
         while self._hooks:
             self._hooks.pop().remove()
+        self._restore_layers()
+        self._graphs = None
         self._call = None
         from . import api  # late: api imports this module
         api._forget(self)
@@ -210,7 +229,34 @@ class DashHandle:
             call = self._call = self._prepare(args, kwargs, {})
         if call is not None:
             call.started = True
+            if self._use_graph(call, kwargs):
+                call.graph = True
+                width = min(graphs.bucket_width(call.width), call.T)  # nearby lengths share a graph
+                call.all_valid = call.all_valid and width == call.width
+                call.width = width
+                self._owner.layers = self._short_layers  # restored by _on_call_end
         return None
+
+    def _use_graph(self, call: _Call, kwargs) -> bool:
+        """Whether this call's halted layers replay a CUDA graph (dashvl.graphs)."""
+        if self._graphs is None or call.num_halt is None:
+            return False
+        device = call.real.device
+        if device.type != "cuda" and not graphs.EMULATE:
+            if self.config.cuda_graph:
+                raise ValueError(f"cuda_graph=True needs the model on a CUDA device; this call runs on {device}. "
+                                 "Use cuda_graph=None (automatic) or False")
+            return False
+        if call.B * graphs.bucket_width(call.width) > graphs.MAX_SLOTS:
+            return False  # GPU-bound: the layers one by one are as fast, without filler slots
+        cache = kwargs.get(self._cache_kw, kwargs.get("past_key_values"))
+        fresh = cache is None or (isinstance(cache, DynamicCache) and cache.get_seq_length() == 0)
+        return (fresh and not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type)
+                and self._graph_devices == {device})
+
+    def _restore_layers(self) -> None:
+        if self._owner.layers is not self._layers:
+            self._owner.layers = self._layers
 
     def _prepare(self, args, kwargs, grid_kwargs) -> _Call | None:
         """Token kinds, eligibility and, when anything halts, every shape of the halted region."""
@@ -229,6 +275,11 @@ class DashHandle:
                              f"got shape {tuple(mask.shape)}")
         if T == 1:  # a decode step: nothing halts and nothing is traced, so no per-token bookkeeping
             return _Call(B, T, None, None, grid_kwargs)
+        if cfg.ratio == 0 and cfg.method != "fastv":
+            # nothing halts: token kinds are only for the trace, worked out if it is read (no launches now)
+            call = _Call(B, T, None, None, grid_kwargs)
+            call.lazy = (ids, mask, shaped.device)
+            return call
         real = mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=shaped.device)
         kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
         call = _Call(B, T, real, kinds, grid_kwargs)
@@ -256,6 +307,7 @@ class DashHandle:
         return call
 
     def _on_call_end(self, module, args, output):
+        self._restore_layers()
         self._call = None
 
     def _on_first_layer(self, module, args, kwargs):
@@ -314,7 +366,7 @@ class DashHandle:
         if method == "dash":
             call.scores = policy.delta_scores(output[0] if isinstance(output, tuple) else output)
         elif method == "random":
-            call.scores = policy.random_scores((call.B, call.T), self.config.seed, call.real.device)
+            call.scores = policy.random_scores((call.B, call.T), self.config.seed, call.scores_device)
         # fastv: scored by the pre-hook above
         if call.num_halt is not None:
             halted = policy.select_halted(call.scores, call.eligible, call.num_halt)
@@ -322,13 +374,16 @@ class DashHandle:
             call.index, call.valid = policy.compact_index(call.active, call.width)
             if self.config.kv == "keep":
                 call.h_index, call.h_valid = policy.compact_index(halted, call.h_width)
-        self._trace_parts = (call.scores, call.active if call.active is not None else call.real,
-                             call.kinds, call.grid_kwargs)
+        if call.kinds is None:  # ratio 0: the trace works out kinds from the call's ids and mask
+            self._trace_parts = (call.scores, None, call.lazy, call.grid_kwargs)
+        else:
+            self._trace_parts = (call.scores, call.active if call.active is not None else call.real,
+                                 call.kinds, call.grid_kwargs)
         return None
 
     def _on_halted_layer(self, i, module, args, kwargs):
         call = self._call
-        if call is None:
+        if call is None or call.graph:  # graph calls: the runner prepared the layers' inputs itself
             return None
         if i == self.layer + 1:
             args = self._enter_halted_region(call, args, kwargs)
@@ -342,11 +397,22 @@ class DashHandle:
 
     def _on_last_layer(self, module, args, output):
         call = self._call
-        if call is None or call.active is None:
+        if call is None or call.active is None or call.graph:
             return None
         out = output[0] if isinstance(output, tuple) else output
         full = _scatter_tokens(call.frozen, call.index, out, None if call.all_valid else call.valid)
         return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
+
+    def _run_halted_graph(self, hidden, kwargs):
+        """In place of layers l_s+1..L-1 (a graph call): gather, replay the captured layers, scatter."""
+        call = self._call
+        args = self._enter_halted_region(call, (hidden,), kwargs)
+        cos, sin = call.overrides["position_embeddings"]
+        out, kv = self._graphs.run(args[0], cos, sin, call.overrides["attention_mask"], call.cache is not None,
+                                   self._backend_config._attn_implementation)
+        if call.cache is not None:
+            graphs.store_kv(call.cache, self.layer + 1, kv)
+        return _scatter_tokens(call.frozen, call.index, out, None if call.all_valid else call.valid)
 
     # ----------------------------------------------------------------- the halted region's inputs
 
@@ -410,10 +476,13 @@ class DashHandle:
         """
         backend = self._backend_config._attn_implementation
         Q, K = q_pos.shape[1], key_pos.shape[1]
+        # A fresh kv="drop" prefill: keys are the query slots, in position order with fillers last
+        # (policy.compact_index), so causal-over-slots is exact for every real query, padded rows included.
+        slot_causal = fresh and Q == K
         if backend.startswith("flash"):
             # Queries are the last Q key slots (kv="drop"), so a 2-D key mask with causal alignment is exact.
-            return None if keys_valid else key_pos >= 0
-        if keys_valid and (Q == 1 or (fresh and Q == K and backend == "sdpa")):
+            return None if keys_valid or slot_causal else key_pos >= 0
+        if (keys_valid and Q == 1) or (slot_causal and backend == "sdpa"):
             return None  # decode against valid keys, or a fresh causal prefill: SDPA's is_causal / no mask
         key_ok = key_pos[:, None, :] >= 0
         allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None])
@@ -427,6 +496,12 @@ class DashHandle:
     # ----------------------------------------------------------------- trace
 
     def _build_trace(self, scores, active, kinds, grid_kwargs) -> HaltTrace:
+        if isinstance(kinds, tuple):  # a ratio-0 call: (input ids, 2-D mask, device)
+            ids, mask, device = kinds
+            real = mask[:, -scores.shape[1]:].bool() if mask is not None else \
+                torch.ones(scores.shape, dtype=torch.bool, device=device)
+            kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
+            active = real
         kinds = kinds.cpu()
         real = kinds != policy.KIND_PAD
         active = active.cpu() & real

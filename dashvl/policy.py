@@ -55,7 +55,8 @@ def eligible_tokens(kinds: torch.Tensor, scope: str, protect_last: int) -> torch
 
 def delta_scores(update: torch.Tensor) -> torch.Tensor:
     """Δ_t = ||U_t||_2 in float32: [B, T, d] -> [B, T] (no float32 copy of U is made)."""
-    return torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
+    wide = torch.promote_types(update.dtype, torch.float32)  # float64 models: norm in float64, then float32
+    return torch.linalg.vector_norm(update, dim=-1, dtype=wide).float()
 
 
 def random_scores(shape: tuple[int, int], seed: int, device) -> torch.Tensor:
@@ -102,15 +103,15 @@ def select_halted(scores: torch.Tensor, eligible: torch.Tensor, num_halt: torch.
 def compact_index(keep: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices that pack each row's kept tokens, in order, into ``width`` slots.
 
-    Rows with fewer than ``width`` kept tokens get leading filler slots (left padding), which point at
-    tokens that are not kept and are marked invalid. Indices within a row are distinct.
+    Rows with fewer than ``width`` kept tokens get trailing filler slots, which point at tokens that are
+    not kept and are marked invalid. Indices within a row are distinct (so a scatter back is well defined),
+    and, fillers coming last, attention that is causal over slots is exact for every kept token.
 
     Args:
-        keep: bool [B, T]; every row has at most ``width`` True entries.
+        keep: bool [B, T]; every row has at most ``width`` True entries, and T >= width.
     Returns:
         index: long [B, width]; valid: bool [B, width].
     """
-    T = keep.shape[1]
-    order = torch.sort(keep.to(torch.uint8), dim=1, stable=True).indices  # not-kept first, each group in order
-    index = order[:, T - width:]
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept first, each group in order
+    index = order[:, :width]
     return index, keep.gather(1, index)

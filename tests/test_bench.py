@@ -47,3 +47,12 @@ def test_accuracy_table_runs(tmp_path):
         assert f"| {label} |" in text
     assert "| setting | existence | colour | shape | count | position | reading | mean |" in text
     assert pic.stat().st_size > 1000
+
+
+def test_gpu_graph_check_runs_on_cpu_in_emulation(tmp_path):
+    from gpu_graph_check import main
+
+    main(["--device", "cpu", "--emulate", "--out", str(tmp_path)])  # exits 1 on any mismatch
+    data = json.loads((tmp_path / "gpu_graph_check.json").read_text())
+    assert data["emulate"] and all(r["ok"] for r in data["results"].values())
+    assert data["results"]["llama batch 3"]["replays"] >= 1

@@ -43,12 +43,12 @@ def test_eligibility_scope_and_protection_with_padding():
     assert eligible_tokens(kinds, "text", 1).int().tolist() == [[0, 0, 1, 0, 0, 1, 0], [1, 0, 1, 1, 0, 0, 0]]
 
 
-def test_compact_index_packs_in_order_with_leading_fillers():
+def test_compact_index_packs_in_order_with_trailing_fillers():
     keep = torch.tensor([[1, 0, 1, 1, 0], [0, 1, 0, 0, 1]]).bool()
     index, valid = compact_index(keep, 3)
-    assert valid.tolist() == [[True, True, True], [False, True, True]]
+    assert valid.tolist() == [[True, True, True], [True, True, False]]
     assert index[0].tolist() == [0, 2, 3]
-    assert index[1, 1:].tolist() == [1, 4] and not keep[1, index[1, 0]]
+    assert index[1, :2].tolist() == [1, 4] and not keep[1, index[1, 2]]
     for row in index:
         assert len(set(row.tolist())) == 3
 

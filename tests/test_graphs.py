@@ -1,0 +1,193 @@
+"""The CUDA-graph path of the halted layers (dashvl.graphs), run on the CPU in emulation: the same layer
+swap, static buffers and replays as on a GPU, with the capture replaced by an eager run. The capture itself
+is checked on the GPU by bench/gpu_prefill.py (graph vs eager outputs)."""
+import pytest
+import torch
+
+import dashvl
+import test_generation
+from dashvl import graphs
+from helpers import (Reference, assert_same_generation, build, generate, layers_of, make_inputs, reference_halted,
+                     visual_kinds)
+
+
+@pytest.fixture
+def emulate(monkeypatch):
+    """Graph path on the CPU; yields a list that records every capture's input shape."""
+    monkeypatch.setattr(graphs, "EMULATE", True)
+    graphs._BANKS.clear()  # the tests' models are shared: start without graphs of earlier tests
+    seen, capture = [], graphs.GraphBank._capture
+
+    def counted(bank, inputs, want_kv):
+        seen.append(tuple(inputs[0].shape))
+        return capture(bank, inputs, want_kv)
+
+    monkeypatch.setattr(graphs.GraphBank, "_capture", counted)
+    return seen
+
+
+def test_bucket_width_adds_less_than_a_sixteenth_or_8():
+    widths = [graphs.bucket_width(n) for n in range(1, 5000)]
+    assert all(w >= n for n, w in zip(range(1, 5000), widths))
+    assert all(w - n < max(8, n / 16) for n, w in zip(range(1, 5000), widths))
+    assert widths == sorted(widths)
+    assert len({graphs.bucket_width(n) for n in range(1025, 2049)}) == 16  # 1088 … 2048
+    assert graphs.bucket_width(272) == 272 and graphs.bucket_width(273) == 288
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_graph_path_matches_reference(emulate, family, attn, batch):
+    model, _ = build(family, attn)
+    inputs = make_inputs(family, batch)
+    ref = Reference(model, 1, "drop")
+    real = inputs["attention_mask"].bool()
+    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
+    tokens, logits = ref.greedy(inputs, halted)
+    original = layers_of(model)
+    with dashvl.compress(model, ratio=0.5, layer=1) as h:
+        out = generate(model, inputs)
+        assert h._graphs.captures == 1  # the prefill took the graph path; decode steps did not
+        assert torch.equal(h.trace.halted, halted)
+    assert_same_generation(out, inputs, tokens, logits, 2e-4)
+    assert layers_of(model) is original
+
+
+def test_replays_do_not_disturb_an_earlier_cache(emulate):
+    """Two prompts of one shape share a graph and its static buffers; the first one's cache must not change
+    when the second replays (the halted layers' keys/values are copied out of the graph)."""
+    model, proc = build("llama")
+    a = dict(proc(["what colour is the square on the left"], return_tensors="pt"))
+    b = dict(a, input_ids=torch.cat([a["input_ids"][:, :1], a["input_ids"][:, 1:].roll(3, 1)], 1))
+
+    def first_two(inputs, graph: bool, interleave=None):
+        with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=graph) as h, torch.no_grad():
+            out = model(**inputs, use_cache=True)
+            if interleave is not None:
+                model(**interleave, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+            step = model(input_ids=nxt, cache=out.past_key_values,
+                         attention_mask=torch.ones(1, inputs["input_ids"].shape[1] + 1, dtype=torch.long))
+            return out.logits, step.logits, h._graphs.captures if h._graphs else 0
+
+    want_prefill, want_step, _ = first_two(a, graph=False)
+    got_prefill, got_step, captures = first_two(a, graph=None, interleave=b)
+    assert captures == 1
+    torch.testing.assert_close(got_prefill, want_prefill, atol=2e-4, rtol=0)
+    torch.testing.assert_close(got_step, want_step, atol=2e-4, rtol=0)
+
+
+def test_shapes_share_graphs_and_later_turns_run_eagerly(emulate):
+    model, _ = build("qwen2_vl")
+    one, three = make_inputs("qwen2_vl", 1), make_inputs("qwen2_vl", 3)
+    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+        model(**one)
+        model(**one)
+        assert h._graphs.captures == 1
+        model(**three)  # another batch size: another graph
+        assert h._graphs.captures == 2
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        n = inputs["input_ids"].shape[1]
+        model(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, n + 3, dtype=torch.long),
+              cache=out.past_key_values)  # a later turn: no capture, the layers run as usual
+        assert h._graphs.captures == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
+def test_second_turn_after_a_graph_prefill_matches_reference(emulate, family):
+    # the generation tests' own checks, with the first turn's prefill on the graph path
+    test_generation.test_second_turn_reuses_the_cache(family, "drop")
+    assert len(emulate) == 1
+
+
+def test_keep_mode_never_takes_the_graph_path(emulate):
+    test_generation.test_second_turn_reuses_the_cache("qwen2_vl", "keep")
+    assert emulate == []
+
+
+def test_beam_search_after_a_graph_prefill_matches_reference(emulate):
+    test_generation.test_beam_search_on_a_padded_batch_matches_reference("drop")
+    assert emulate and emulate[0][0] > 3  # the prompts expanded to their beams
+
+
+def test_layers_are_restored_when_a_halted_layer_raises(emulate):
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    original = layers_of(model)
+
+    def boom(module, args, kwargs):
+        raise RuntimeError("boom")
+
+    hook = original[3].register_forward_pre_hook(boom, with_kwargs=True)
+    try:
+        with dashvl.compress(model, ratio=0.5, layer=1), torch.no_grad():
+            with pytest.raises(RuntimeError, match="boom"):
+                model(**inputs)
+            assert layers_of(model) is original
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        model(**inputs)  # the model works again
+
+
+def test_long_active_sets_run_the_layers_one_by_one(emulate, monkeypatch):
+    model, _ = build("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", 3)
+    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+        model(**inputs)
+        assert (h._graphs.captures, h._graphs.replays) == (1, 0)
+        width = int(h.trace.active.sum(1).max())
+        monkeypatch.setattr(graphs, "MAX_SLOTS", 3 * graphs.bucket_width(width) - 1)
+        seen = []
+        hook = layers_of(model)[2].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+        assert (h._graphs.captures, h._graphs.replays) == (1, 0)
+        assert seen == [width]  # the layer itself ran, on the exact width (no filler slots)
+
+
+def test_graph_settings_are_checked():
+    with pytest.raises(ValueError, match="cuda_graph must be None"):
+        dashvl.DashConfig(cuda_graph="yes")
+    with pytest.raises(ValueError, match="needs kv='drop'"):
+        dashvl.DashConfig(cuda_graph=True, kv="keep")
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=True), torch.no_grad():
+        with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+            model(**inputs)
+    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():  # automatic: eager on the CPU
+        before = h._graphs.captures
+        model(**inputs)
+        assert h._graphs.captures == before
+
+
+def test_graphs_outlive_one_compress_until_released(emulate):
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    with torch.no_grad():
+        with dashvl.compress(model, ratio=0.5, layer=1):
+            want = model(**inputs).logits
+        with dashvl.compress(model, ratio=0.5, layer=1, method="random"):  # same shapes: the graph replays
+            model(**inputs)
+        with dashvl.compress(model, ratio=0.5, layer=1):
+            got = model(**inputs).logits
+        assert len(emulate) == 1
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        assert dashvl.release_graphs(model) == 1
+        with dashvl.compress(model, ratio=0.5, layer=1):
+            model(**inputs)
+        assert len(emulate) == 2
+        model.double()  # the weights move: the graphs of the old ones are dropped, not replayed
+        try:
+            with dashvl.compress(model, ratio=0.5, layer=1):
+                model(**inputs)
+            assert len(emulate) == 3
+        finally:
+            model.float()
