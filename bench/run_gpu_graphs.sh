@@ -7,6 +7,8 @@
 #   bash bench/run_gpu_graphs.sh 2   # the default path at every ratio and length, ratio 0 with 40 repetitions
 #   bash bench/run_gpu_graphs.sh 3   # ratio 0 at one image's length again (60 repetitions) after ratio 0 stopped
 #                                    # launching work for the trace, and the launches it adds (profiler)
+#   bash bench/run_gpu_graphs.sh 4   # where 4k at ρ=0.9 loses to its FLOPs limit (profile), LLaVA at layer
+#                                    # 0.4·L with drop and keep, LLaVA's CLIP tower with vision halting
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp}
@@ -30,11 +32,19 @@ $B --model qwen2-vl-7b --mode llm --tokens 576,1088,4160,16448 --layers 2 --rati
    --warmup 3 --tag _ratio0 2>&1 | clean > "$OUT/qwen_llm_ratio0.log"
 $B --model llava-1.5-7b --mode e2e --tokens 576 --layers 2 --ratios 0,0.25 --kv drop --reps 15 --tag _short \
    2>&1 | clean > "$OUT/llava_e2e_short.log"
-else
+elif [ "$1" = 3 ]; then
 $B --model qwen2-vl-7b --mode llm --tokens 576,1088 --layers 2 --ratios 0 --kv drop --reps 60 --warmup 3 \
    --tag _ratio0_lazy 2>&1 | clean > "$OUT/qwen_llm_ratio0_lazy.log"
 $B --model llava-1.5-7b --mode e2e --tokens 576 --layers 2 --ratios 0 --kv drop --reps 30 --warmup 3 \
    --tag _ratio0_lazy 2>&1 | clean > "$OUT/llava_e2e_ratio0_lazy.log"
 timeout 100 python3 bench/profile_prefill.py --model qwen2-vl-7b --tokens 576 --ratio 0 --reps 10 --out "$OUT" 2>&1 \
    | clean > "$OUT/profile_ratio0.log"
+else
+timeout 80 python3 bench/profile_prefill.py --model qwen2-vl-7b --tokens 4160 --ratio 0.9 --reps 7 --out "$OUT" 2>&1 \
+   | clean > "$OUT/profile_4160_0.9.log"
+timeout 100 python3 bench/gpu_prefill.py --reps 5 --warmup 2 --model llava-1.5-7b --mode llm --tokens 2336 \
+   --layers 0.4 --ratios 0.5,0.75,0.9 --kv drop,keep --tag _layer04 2>&1 | clean > "$OUT/llava_llm_layer04.log"
+timeout 120 python3 bench/gpu_prefill.py --reps 5 --warmup 2 --model llava-1.5-7b --mode e2e --tokens 576,2304 \
+   --layers 2 --ratios 0 --kv drop --vision-ratios 0.75 --vision-layer 8 --tag _vision 2>&1 | clean \
+   > "$OUT/llava_e2e_vision.log"
 fi
