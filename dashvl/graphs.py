@@ -200,13 +200,14 @@ def _plain_tensors():
 def store_kv(cache, first: int, kv: torch.Tensor) -> None:
     """Put the halted layers' keys/values (a graph's static buffer) into a fresh DynamicCache."""
     kv = kv.clone()  # one copy: the next replay reuses the buffer, this cache must not see it change
-    for j, layer in enumerate(cache.layers[first:]):
+    for j in range(kv.shape[0]):
         keys, values = kv[j, 0], kv[j, 1]
-        if type(layer) is DynamicLayer:
+        layer = cache.layers[first + j] if first + j < len(cache.layers) else None
+        if type(layer) is DynamicLayer and not getattr(cache, "offloading", False):
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
-        else:  # sliding-window layers keep counters of their own
-            layer.update(keys, values)
+        else:  # layers made on first use (DynamicCache() without a config), sliding or offloaded layers
+            cache.update(keys, values, first + j)
 
 
 class HaltedRunner(nn.Module):

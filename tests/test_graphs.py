@@ -104,6 +104,26 @@ def test_second_turn_after_a_graph_prefill_matches_reference(emulate, family):
     assert len(emulate) == 1
 
 
+@pytest.mark.parametrize("cache", ["config", "lazy"])
+def test_any_dynamic_cache_receives_the_graphs_keys_and_values(emulate, cache):
+    """A cache made without a config grows its layers on first use (offloading caches need CUDA: not here)."""
+    from transformers import DynamicCache
+
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    made = {"config": lambda: DynamicCache(config=model.config), "lazy": DynamicCache}[cache]
+
+    def run(graph):
+        with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=graph):
+            return generate(model, inputs, cache=made())
+
+    want, got = run(False), run(None)
+    assert len(emulate) == 1
+    assert torch.equal(got.sequences, want.sequences)
+    for g, w in zip(got.logits, want.logits):
+        torch.testing.assert_close(g, w, atol=2e-4, rtol=0)
+
+
 def test_keep_mode_never_takes_the_graph_path(emulate):
     test_generation.test_second_turn_reuses_the_cache("qwen2_vl", "keep")
     assert emulate == []
