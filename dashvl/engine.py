@@ -252,6 +252,7 @@ class DashHandle:
         cache = kwargs.get(self._cache_kw, kwargs.get("past_key_values"))
         fresh = cache is None or (isinstance(cache, DynamicCache) and cache.get_seq_length() == 0)
         return (fresh and not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type)
+                and not self._layers[self.layer + 1].training  # dropout draws random numbers per call
                 and self._graph_devices == {device})
 
     def _restore_layers(self) -> None:

@@ -154,7 +154,8 @@ class GraphBank:
             if static is not None:
                 static.copy_(x)
         if entry.graph is not None:
-            entry.graph.replay()
+            with torch.cuda.device(hidden.device):  # the model's GPU, whichever one is current
+                entry.graph.replay()
         else:  # emulation: the same static buffers, run eagerly
             out = self._body(*entry.inputs, _recorder_into(entry.kv, self.first, len(self.layers) - self.first))
             entry.output.copy_(out)
@@ -169,13 +170,14 @@ class GraphBank:
             out = self._body(*static, recorder)
             self.captures += 1
             return _Entry(None, static, out, recorder.buffer if recorder else None)
-        self._body(*static, recorder)  # warm-up: cuBLAS workspaces and lazy inits happen outside the capture
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self._body(*static, recorder)
-        graph.replay()  # capture records work without running it
+        with torch.cuda.device(static[0].device):
+            self._body(*static, recorder)  # warm-up: cuBLAS workspaces and lazy inits happen outside the capture
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self._body(*static, recorder)
+            graph.replay()  # capture records work without running it
         self.captures += 1
         return _Entry(graph, static, out, recorder.buffer if recorder else None)
 

@@ -134,6 +134,23 @@ def test_beam_search_after_a_graph_prefill_matches_reference(emulate):
     assert emulate and emulate[0][0] > 3  # the prompts expanded to their beams
 
 
+def test_training_mode_and_autograd_run_the_layers_one_by_one(emulate):
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    with dashvl.compress(model, ratio=0.5, layer=1):
+        model(**inputs)  # autograd on: no graph
+        model.train()
+        try:
+            with torch.no_grad():
+                model(**inputs)  # dropout layers: no graph
+        finally:
+            model.eval()
+        assert emulate == []
+        with torch.no_grad():
+            model(**inputs)
+        assert len(emulate) == 1
+
+
 def test_layers_are_restored_when_a_halted_layer_raises(emulate):
     model, _ = build("llama")
     inputs = make_inputs("llama", 1)
