@@ -1,7 +1,9 @@
-"""Accuracy of the bundled models per question family: unmodified, DASH, and random halting at equal budgets.
+"""Accuracy of the bundled models per question family: unmodified, DASH, and random halting at equal budgets,
+in the LLM, inside the vision tower, and both.
 
     python bench/accuracy.py                       # both bundled models -> bench/ACCURACY.md + a picture
-    python bench/accuracy.py --per-family 200 --models qwen2-vl-synth
+    python bench/accuracy.py --per-family 200 --models qwen2-vl-synth --groups llm
+    python bench/accuracy.py --groups vision,both --vision-ratios 0.5,0.75 --vision-layer 1
 
 Greedy answers to ``dashvl.synth``'s held-out test questions, exact match after lower-casing (the same
 scoring as the model cards, through ``train_synth.evaluate``). Writes ``bench/ACCURACY.md`` and
@@ -25,12 +27,27 @@ from train_synth import evaluate  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def settings(ratios, layer):
+GROUPS = ("llm", "vision", "both")
+
+
+def settings(ratios, layer, vision_ratios=(), vision_layer=1, combined_ratio=0.5, groups=("llm",)):
+    """(label, compress settings or None) per row. ``llm``: DASH (drop / keep) and random halting in the LLM;
+    ``vision``: DASH inside the vision tower alone; ``both``: vision halting and LLM halting at
+    ``combined_ratio`` together."""
     out = [("unmodified", None)]
-    for r in ratios:
-        out += [(f"dash drop {r:g}", dict(ratio=r, layer=layer, kv="drop")),
-                (f"dash keep {r:g}", dict(ratio=r, layer=layer, kv="keep")),
-                (f"random drop {r:g}", dict(ratio=r, layer=layer, kv="drop", method="random"))]
+    if "llm" in groups:
+        for r in ratios:
+            out += [(f"dash drop {r:g}", dict(ratio=r, layer=layer, kv="drop")),
+                    (f"dash keep {r:g}", dict(ratio=r, layer=layer, kv="keep")),
+                    (f"random drop {r:g}", dict(ratio=r, layer=layer, kv="drop", method="random"))]
+    vis = lambda v: dict(vision_ratio=v, vision_layer=vision_layer)  # noqa: E731
+    if "vision" in groups:
+        out += [(f"vision {v:g}", dict(ratio=0.0, layer=layer, **vis(v))) for v in vision_ratios]
+    if "both" in groups:
+        r = combined_ratio
+        for v in vision_ratios:
+            out += [(f"vision {v:g} + dash drop {r:g}", dict(ratio=r, layer=layer, kv="drop", **vis(v))),
+                    (f"vision {v:g} + dash keep {r:g}", dict(ratio=r, layer=layer, kv="keep", **vis(v)))]
     return out
 
 
@@ -69,22 +86,38 @@ def main(argv=None):
     p.add_argument("--per-family", type=int, default=50)
     p.add_argument("--ratios", default="0.25,0.5,0.75,0.9")
     p.add_argument("--layer", type=int, default=1, help="activation layer (the bundled models have 4 layers)")
+    p.add_argument("--vision-ratios", default="0.5,0.75", help="vision_ratio of the vision-tower rows")
+    p.add_argument("--vision-layer", type=int, default=1, help="vision block v_s (the bundled towers have 4 blocks)")
+    p.add_argument("--combined-ratio", type=float, default=0.5, help="LLM ratio of the vision + LLM rows")
+    p.add_argument("--groups", default=",".join(GROUPS),
+                   help="row groups: llm (DASH / random in the LLM), vision (in the vision tower), both")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--out", default=os.path.join(HERE, "ACCURACY.md"))
     p.add_argument("--picture", default=os.path.join(HERE, "halting_example.png"))
     args = p.parse_args(argv)
     ratios = [float(r) for r in args.ratios.split(",")]
+    vision_ratios = [float(v) for v in args.vision_ratios.split(",") if v]
+    groups = [g for g in args.groups.split(",") if g]
+    bad = [g for g in groups if g not in GROUPS]
+    if bad:
+        p.error(f"--groups: unknown {bad}; choose from {GROUPS}")
+    rows_of = settings(ratios, args.layer, vision_ratios, args.vision_layer, args.combined_ratio, groups)
     start = time.time()
     lines = ["# Accuracy of the bundled models with DASH", "",
-             f"`python bench/accuracy.py --per-family {args.per_family} --ratios {args.ratios} --layer {args.layer}` "
+             f"`python bench/accuracy.py --per-family {args.per_family} --ratios {args.ratios} --layer {args.layer} "
+             f"--vision-ratios {args.vision_ratios} --vision-layer {args.vision_layer} --combined-ratio "
+             f"{args.combined_ratio:g} --groups {','.join(groups)}` "
              f"on {'a GPU' if torch.cuda.is_available() else 'the CPU'}; torch {torch.__version__}, "
              f"transformers {__import__('transformers').__version__}. Greedy answers to {args.per_family} held-out "
-             "test questions per family, exact match (%). DASH halts the lowest-Δ tokens after layer "
-             f"{args.layer} (scope all); random halts as many, chosen uniformly (seed 0).", ""]
+             "test questions per family, exact match (%). `dash drop/keep r`: DASH halts the lowest-Δ fraction r "
+             f"of the prompt's tokens after LLM layer {args.layer} (scope all; drop: halted tokens leave attention, "
+             "keep: they stay as frozen keys/values); `random drop r`: as many, chosen uniformly (seed 0). "
+             f"`vision v`: inside the vision tower, each image's lowest-Δ fraction v of patches halts after vision "
+             f"block {args.vision_layer} of 4 (LLM untouched); `vision v + dash …`: both at once.", ""]
     for name in args.models.split(","):
         model, processor = dashvl.load_model(name)
         rows = []
-        for label, cfg in tqdm(settings(ratios, args.layer), desc=name):
+        for label, cfg in tqdm(rows_of, desc=name):
             quiet = lambda *a, **k: None  # noqa: E731
             if cfg is None:
                 result = evaluate(model, processor, args.per_family, batch=args.batch, workers=0,
