@@ -476,11 +476,12 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-_SCHEMAS = {"mme": "mme_rows", "textvqa": "textvqa_rows"}
+_SCHEMAS = {"mme": "mme_rows", "textvqa": "textvqa_rows", "vqa": "vqa_rows"}
 
 
-def synth_docs(kind: str, split: str = "test", n: int = 200):
-    """``n`` rows of ``dashvl.synth`` in lmms-eval's ``mme`` or ``textvqa_val`` schema as a ``datasets.Dataset``.
+def synth_docs(kind: str, split: str = "test", n: int = 200, family: str | None = None):
+    """``n`` rows of ``dashvl.synth`` in lmms-eval's ``mme`` or ``textvqa_val`` schema, or one ``family``'s
+    rows for ``synth_vqa_<family>`` (kind ``"vqa"``), as a ``datasets.Dataset``.
 
     Built on first use and saved under ``cache_dir()/synth_tasks``; the folder name carries a hash of
     ``dashvl/synth.py``, so a changed generator builds afresh. Safe with several processes (a file lock).
@@ -492,14 +493,23 @@ def synth_docs(kind: str, split: str = "test", n: int = 200):
 
     if kind not in _SCHEMAS:
         raise ValueError(f"kind must be one of {tuple(_SCHEMAS)}; got {kind!r}")
+    if (kind == "vqa") != (family is not None):
+        raise ValueError(f"family is needed for kind 'vqa' and only there; got kind {kind!r}, family {family!r}")
+    if family is not None and family not in synth.FAMILIES:
+        raise ValueError(f"family must be one of {synth.FAMILIES}; got {family!r}")
     digest = hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:12]
-    path = cache_dir() / "synth_tasks" / f"{kind}-{split}-{n}-{digest}"
+    path = cache_dir() / "synth_tasks" / f"{kind}{'-' + family if family else ''}-{split}-{n}-{digest}"
     if not (path / "dataset_info.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not (path / "dataset_info.json").exists():
-                rows = getattr(synth, _SCHEMAS[kind])(split, n)
-                if kind == "mme":
+                rows = getattr(synth, _SCHEMAS[kind])(split, n, *([family] if family else []))
+                if kind == "vqa":
+                    features = datasets.Features({"question_id": datasets.Value("int64"), "image": datasets.Image(),
+                                                  "question": datasets.Value("string"),
+                                                  "answers": datasets.Sequence(datasets.Value("string")),
+                                                  "family": datasets.Value("string")})
+                elif kind == "mme":
                     features = datasets.Features({"question_id": datasets.Value("string"), "image": datasets.Image(),
                                                   "question": datasets.Value("string"),
                                                   "answer": datasets.Value("string"),

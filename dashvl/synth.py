@@ -369,3 +369,11 @@ def textvqa_rows(split: str, n: int) -> list[dict]:
     from the ``reading`` family; ``question_id`` is the family index ``k``."""
     return [{"question_id": k, "image": s.image, "question": s.question, "answers": list(s.answers)}
             for k, s in enumerate(make_split(split, n, families=("reading",)))]
+
+
+def vqa_rows(split: str, n: int, family: str) -> list[dict]:
+    """``n`` rows of one ``family`` for the ``synth_vqa_<family>`` tasks: question_id (the family index ``k``),
+    image, question, answers (the accepted answers) and family. Scored by exact match after normalising."""
+    return [{"question_id": k, "image": s.image, "question": s.question, "answers": list(s.answers), "family": family}
+            for k, s in enumerate(make_split(split, n, families=(family,)))]
+

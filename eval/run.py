@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-OFFLINE_TASKS = ("synth_mme", "synth_textvqa")
+OFFLINE_TASKS = ("synth_mme", "synth_textvqa", "synth_vqa")
 _DASH_MODEL_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
 
 
