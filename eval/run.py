@@ -26,6 +26,7 @@ from pathlib import Path
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 OFFLINE_TASKS = ("synth_mme", "synth_textvqa", "synth_vqa")
+DEFAULT_TASKS = ("synth_mme", "synth_textvqa")  # MME- and TextVQA-shaped; synth_vqa is 6 x 200 rows
 _DASH_MODEL_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
 
 
@@ -92,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="offline tasks: " + ", ".join(OFFLINE_TASKS))
     p.add_argument("--model", default=None, help="bundled name, tiny-random-qwen2-vl / tiny-random-llava, local folder "
                    "or hub id (default: dashvl.models.DEFAULT_MODEL)")
-    p.add_argument("--tasks", type=_names, default=list(OFFLINE_TASKS),
-                   help=f"comma-separated lmms-eval tasks (default: {','.join(OFFLINE_TASKS)})")
+    p.add_argument("--tasks", type=_names, default=list(DEFAULT_TASKS),
+                   help=f"comma-separated lmms-eval tasks (default: {','.join(DEFAULT_TASKS)})")
     p.add_argument("--ratio", type=_ratios, default=[0.0, 0.5, 0.75], help="comma-separated ratios in [0, 1); "
                    "0 is the unmodified baseline (default: 0,0.5,0.75)")
     p.add_argument("--method", type=_names, default=["dash"], help="comma-separated: dash, random, fastv, downsample")
