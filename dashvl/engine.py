@@ -12,6 +12,11 @@ Flow of one model call (a prefill, a second-turn prompt or a decode step):
    kv="keep", writes the frozen tokens' keys/values into its cache first).
 5. last layer hook: scatter the active tokens back over the frozen states of layer l_s.
 
+On a CUDA device a fresh kv="drop" prefill with few active slots takes another route from step 4 on
+(``dashvl.graphs``): the language model's pre-hook swaps its layer list for layers 0..l_s plus a runner,
+which gathers as in step 4, replays the halted layers captured as one CUDA graph, stores their keys/values
+in the cache and scatters; the post-hook puts the layer list back.
+
 Halted-region layers (> l_s) keep a shorter cache. Which sequence position each of its slots holds is kept
 per cache object (``_Session.key_pos``), so decode steps and later turns get the right mask.
 Knows no model family: everything family-specific comes from ``adapters``.
