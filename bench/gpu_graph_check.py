@@ -67,7 +67,14 @@ def main(argv=None):
     p.add_argument("--emulate", action="store_true", help="run the graph path without capture (CPU smoke test)")
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     args = p.parse_args(argv)
-    graphs.EMULATE = args.emulate
+    before, graphs.EMULATE = graphs.EMULATE, args.emulate
+    try:
+        run_checks(args)
+    finally:
+        graphs.EMULATE = before  # a caller in the same process (the CPU smoke test) gets it back as it was
+
+
+def run_checks(args):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     results = {}

@@ -52,7 +52,10 @@ def test_accuracy_table_runs(tmp_path):
 def test_gpu_graph_check_runs_on_cpu_in_emulation(tmp_path):
     from gpu_graph_check import main
 
+    from dashvl import graphs
+
     main(["--device", "cpu", "--emulate", "--out", str(tmp_path)])  # exits 1 on any mismatch
+    assert graphs.EMULATE is False  # restored for the tests that follow
     data = json.loads((tmp_path / "gpu_graph_check.json").read_text())
     assert data["emulate"] and all(r["ok"] for r in data["results"].values())
     assert data["results"]["llama batch 3"]["replays"] >= 1
