@@ -25,6 +25,7 @@ from dashvl import synth  # noqa: E402
 from train_synth import evaluate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BRIDGE = ("<!-- bridge:start -->", "<!-- bridge:end -->")
 
 
 GROUPS = ("llm", "vision", "both")
@@ -134,8 +135,13 @@ def main(argv=None):
                       f"{name}, question {question!r}, ratio 0.75 after layer {args.layer}: left, the image "
                       "tokens halted (red); right, Δ at the activation layer.", ""]
     lines.append(f"Run time: {(time.time() - start) / 60:.1f} min.")
+    kept = ""  # the section bench/accuracy_bridge.py writes stays
+    if os.path.exists(args.out):
+        old = open(args.out).read()
+        if BRIDGE[0] in old and BRIDGE[1] in old:
+            kept = "\n" + old[old.index(BRIDGE[0]):old.index(BRIDGE[1]) + len(BRIDGE[1])] + "\n"
     with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
 
 

@@ -40,9 +40,11 @@ def test_accuracy_table_runs(tmp_path):
     from accuracy import main
 
     out, pic = tmp_path / "ACCURACY.md", tmp_path / "example.png"
+    out.write_text("old table\n<!-- bridge:start -->\nthe bridge's section\n<!-- bridge:end -->\n")
     main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5", "--out", str(out),
           "--picture", str(pic)])
     text = out.read_text()
+    assert "old table" not in text and "<!-- bridge:start -->\nthe bridge's section\n<!-- bridge:end -->" in text
     for label in ("unmodified", "dash drop 0.5", "dash keep 0.5", "random drop 0.5"):
         assert f"| {label} |" in text
     assert "| setting | existence | colour | shape | count | position | reading | mean |" in text
@@ -59,3 +61,36 @@ def test_gpu_graph_check_runs_on_cpu_in_emulation(tmp_path):
     data = json.loads((tmp_path / "gpu_graph_check.json").read_text())
     assert data["emulate"] and all(r["ok"] for r in data["results"].values())
     assert data["results"]["llama batch 3"]["replays"] >= 1
+
+
+def test_bridge_table_from_eval_runs(tmp_path):
+    """accuracy_bridge's table: one row per configuration of the two runs, families in order, keep rows after
+    the drop rows of the same ratio; written between its markers, twice without growing."""
+    import csv
+
+    from accuracy_bridge import FAMILIES, section, write_section
+
+    def fake(folder, rows):
+        folder.mkdir(parents=True)
+        cols = ["config", "method", "ratio", "synth_vqa exact_match"] + \
+            [f"synth_vqa_{f} exact_match" for f in FAMILIES] + ["prompt tokens", "tokens halted"]
+        with open(folder / "comparison.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            w.writerows(rows)
+
+    fam = [0.5, 1.0, 0.25, 0.75, 0.5, 0.0]
+    fake(tmp_path / "m", [["baseline", "-", "0", "0.5"] + fam + ["100", "0"],
+                          ["dash-0.5", "dash", "0.5", "0.25"] + [x / 2 for x in fam] + ["100", "50"]])
+    fake(tmp_path / "m-keep", [["dash-0.5", "dash", "0.5", "0.4"] + fam + ["100", "50"]])
+    text = section(["m"], "1", 20, None, root=str(tmp_path))
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[1:] == ["| unmodified | 50.0 | 100.0 | 25.0 | 75.0 | 50.0 | 0.0 | 50.0 | 0% |",
+                         "| dash drop 0.5 | 25.0 | 50.0 | 12.5 | 37.5 | 25.0 | 0.0 | 25.0 | 50% |",
+                         "| dash keep 0.5 | 50.0 | 100.0 | 25.0 | 75.0 | 50.0 | 0.0 | 40.0 | 50% |"]
+    out = tmp_path / "ACCURACY.md"
+    out.write_text("the table\n")
+    write_section(str(out), text)
+    write_section(str(out), text)
+    assert out.read_text() == "the table\n\n" + text + "\n"
+
