@@ -33,7 +33,7 @@ GROUPS = ("llm", "vision", "both")
 
 def settings(ratios, layer, vision_ratios=(), vision_layer=1, combined_ratio=0.5, groups=("llm",)):
     """(label, compress settings or None) per row. ``llm``: DASH (drop / keep) and random halting in the LLM;
-    ``vision``: DASH inside the vision tower alone; ``both``: vision halting and LLM halting at
+    ``vision``: DASH and random halting inside the vision tower alone; ``both``: vision halting and LLM halting at
     ``combined_ratio`` together."""
     out = [("unmodified", None)]
     if "llm" in groups:
@@ -43,7 +43,9 @@ def settings(ratios, layer, vision_ratios=(), vision_layer=1, combined_ratio=0.5
                     (f"random drop {r:g}", dict(ratio=r, layer=layer, kv="drop", method="random"))]
     vis = lambda v: dict(vision_ratio=v, vision_layer=vision_layer)  # noqa: E731
     if "vision" in groups:
-        out += [(f"vision {v:g}", dict(ratio=0.0, layer=layer, **vis(v))) for v in vision_ratios]
+        for v in vision_ratios:
+            out += [(f"vision {v:g}", dict(ratio=0.0, layer=layer, **vis(v))),
+                    (f"random vision {v:g}", dict(ratio=0.0, layer=layer, method="random", **vis(v)))]
     if "both" in groups:
         r = combined_ratio
         for v in vision_ratios:

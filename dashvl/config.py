@@ -31,7 +31,8 @@ class DashConfig:
         method: the score that ranks tokens: ``"dash"`` (Δ = ||U||₂), ``"random"`` (uniform, seeded) or
             ``"fastv"`` (attention the last token pays each token at l_s, averaged over heads).
         seed: the seed of ``"random"``.
-        vision_ratio: fraction of each image's patches that halt inside the vision tower (0: off).
+        vision_ratio: fraction of each image's patches that halt inside the vision tower (0: off). Ranked
+            by Δ, or at random with method="random" (FastV has no vision-tower form: with it, Δ ranks them).
         vision_layer: the vision block v_s where they halt: an int in [0, depth-2] or a float in (0, 1).
         cuda_graph: replay the layers above l_s as a CUDA graph per (batch, width) shape, so short prompts
             gain too (see ``dashvl.graphs``). None (default): wherever it applies (a fresh kv="drop" prefill

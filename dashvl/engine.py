@@ -107,7 +107,8 @@ class DashHandle:
         self._vision = None
         if config.vision_ratio > 0:
             spec = adapter.vision_spec(model)
-            self._vision = VisionHalting(spec, config.vision_ratio, config.resolve_vision_layer(len(spec.blocks)))
+            self._vision = VisionHalting(spec, config.vision_ratio, config.resolve_vision_layer(len(spec.blocks)),
+                                         seed=config.seed if config.method == "random" else None)
 
     # ----------------------------------------------------------------- install / remove
 

@@ -45,7 +45,8 @@ class VisionTrace:
     Attributes:
         layer: v_s; blocks > v_s ran on active patches only. num_blocks: the tower's depth.
         ratio: vision_ratio.
-        scores: float32, Δ per patch ([N] packed, [images, tokens] batched).
+        scores: float32, Δ per patch ([N] packed, [images, tokens] batched); uniform random scores with
+            method="random".
         active: bool, same shape: False for patches halted at v_s.
         grids: per image ``(t, h, w)`` in patches.
         starts: packed: index of each image's first patch; batched: None.
@@ -83,8 +84,9 @@ class VisionTrace:
 class VisionHalting:
     """Hooks on one vision tower. Created and removed by DashHandle."""
 
-    def __init__(self, spec: VisionSpec, ratio: float, layer: int):
-        self.spec, self.ratio, self.layer = spec, ratio, layer
+    def __init__(self, spec: VisionSpec, ratio: float, layer: int, seed: int | None = None):
+        """``seed``: rank patches by uniform random scores from it (method="random"), not by Δ."""
+        self.spec, self.ratio, self.layer, self.seed = spec, ratio, layer, seed
         self._hooks: list = []
         self._state = None
         self.trace_parts = None
@@ -116,7 +118,10 @@ class VisionHalting:
         if st is None:
             return None
         update = output[0] if isinstance(output, tuple) else output
-        scores = policy.delta_scores(update)
+        if self.seed is None:
+            scores = policy.delta_scores(update)
+        else:
+            scores = policy.random_scores(tuple(update.shape[:-1]), self.seed, update.device)
         if self.spec.layout == "packed":
             self._select_packed(st, scores, kwargs)
         else:

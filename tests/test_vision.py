@@ -30,8 +30,9 @@ class VisionReference:
     outputs are reset to their state after block ``layer``. Selection: per frame / image, the
     floor(ratio * n) lowest ||attention output||, ties to the earlier patch (CLS never halts)."""
 
-    def __init__(self, model, layer, ratio):
-        self.model, self.layer, self.ratio = model, layer, ratio
+    def __init__(self, model, layer, ratio, seed=None):
+        """``seed``: rank by uniform random scores drawn as method="random" documents, not by ||U||."""
+        self.model, self.layer, self.ratio, self.seed = model, layer, ratio, seed
         self.family = model.config.model_type
 
     def _segments(self, inputs):
@@ -53,6 +54,8 @@ class VisionReference:
 
         def select(module, args, kwargs, output):
             u = (output[0] if isinstance(output, tuple) else output).float().norm(dim=-1)
+            if self.seed is not None:
+                u = torch.rand(u.shape, generator=torch.Generator().manual_seed(self.seed))
             if self.family in ("qwen2_vl", "qwen2_5_vl"):  # frames stay contiguous in window order too
                 halted = torch.zeros(u.shape[0], dtype=torch.bool)
                 start = 0
@@ -146,6 +149,21 @@ def test_vision_halting_matches_reference(family, ratio):
     assert torch.equal(~vision.active, halted)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     assert not torch.allclose(got, _image_features(model, inputs))  # halting changed the features
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava-deep-vision"])
+def test_random_vision_halting_matches_reference(family):
+    """method="random" ranks patches by seeded uniform scores in the tower too (the accuracy baseline)."""
+    model, _ = build(family)
+    inputs = make_inputs(family, 3, 2)
+    want, halted = VisionReference(model, 0, 0.5, seed=3).features(inputs)
+    _, by_delta = VisionReference(model, 0, 0.5).features(inputs)
+    with dashvl.compress(model, ratio=0.0, method="random", seed=3, vision_ratio=0.5, vision_layer=0) as h:
+        got = _image_features(model, inputs)
+        vision = h.vision_trace
+    assert torch.equal(~vision.active, halted)
+    assert not torch.equal(halted, by_delta)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
