@@ -32,7 +32,7 @@ __all__ = ["bucket_width", "bank_for", "release", "GraphBank", "HaltedRunner", "
 
 # Above this many active slots (batch × width) the halted layers are GPU-bound: replaying them saves no
 # time and the bucket's filler slots cost some. Measured on an H200 at Qwen2-VL-7B's shapes (bench/RESULTS.md):
-# even at 1,088 slots, 1,664 equal, 2,176 and more 4-6% slower with the graph.
+# even at 1,088 and 1,664 slots, 4-9% slower with the graph from 2,176 slots on.
 MAX_SLOTS = 1536
 
 # Tests set this to run the graph path without a GPU: static buffers and replays behave as on CUDA
