@@ -25,7 +25,8 @@ from dashvl import synth  # noqa: E402
 from train_synth import evaluate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BRIDGE = ("<!-- bridge:start -->", "<!-- bridge:end -->")
+BRIDGE = ("<!-- bridge:start -->", "<!-- bridge:end -->")  # bench/accuracy_bridge.py's section
+NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")  # what the numbers show, written by hand
 
 
 GROUPS = ("llm", "vision", "both")
@@ -137,13 +138,14 @@ def main(argv=None):
                       f"{name}, question {question!r}, ratio 0.75 after layer {args.layer}: left, the image "
                       "tokens halted (red); right, Δ at the activation layer.", ""]
     lines.append(f"Run time: {(time.time() - start) / 60:.1f} min.")
-    kept = ""  # the section bench/accuracy_bridge.py writes stays
-    if os.path.exists(args.out):
-        old = open(args.out).read()
-        if BRIDGE[0] in old and BRIDGE[1] in old:
-            kept = "\n" + old[old.index(BRIDGE[0]):old.index(BRIDGE[1]) + len(BRIDGE[1])] + "\n"
+    # the hand-written notes (after the header) and bench/accuracy_bridge.py's section (at the end) stay
+    old = open(args.out).read() if os.path.exists(args.out) else ""
+    notes, bridge = (old[old.index(a):old.index(b) + len(b)] if a in old and b in old else None
+                     for a, b in (NOTES, BRIDGE))
+    if notes:
+        lines[4:4] = [notes, ""]
     with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n" + kept)
+        f.write("\n".join(lines) + "\n" + (f"\n{bridge}\n" if bridge else ""))
     print("\n".join(lines))
 
 

@@ -40,11 +40,14 @@ def test_accuracy_table_runs(tmp_path):
     from accuracy import main
 
     out, pic = tmp_path / "ACCURACY.md", tmp_path / "example.png"
-    out.write_text("old table\n<!-- bridge:start -->\nthe bridge's section\n<!-- bridge:end -->\n")
+    out.write_text("old table\n<!-- notes:start -->\nnotes\n<!-- notes:end -->\nold rows\n"
+                   "<!-- bridge:start -->\nthe bridge's section\n<!-- bridge:end -->\n")
     main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5", "--out", str(out),
           "--picture", str(pic)])
     text = out.read_text()
-    assert "old table" not in text and "<!-- bridge:start -->\nthe bridge's section\n<!-- bridge:end -->" in text
+    assert "old table" not in text and "old rows" not in text
+    assert text.endswith("\n<!-- bridge:start -->\nthe bridge's section\n<!-- bridge:end -->\n")
+    assert text.index("<!-- notes:start -->\nnotes\n<!-- notes:end -->") < text.index("| setting |")
     for label in ("unmodified", "dash drop 0.5", "dash keep 0.5", "random drop 0.5"):
         assert f"| {label} |" in text
     assert "| setting | existence | colour | shape | count | position | reading | mean |" in text
