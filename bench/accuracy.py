@@ -117,7 +117,8 @@ def main(argv=None):
              f"of the prompt's tokens after LLM layer {args.layer} (scope all; drop: halted tokens leave attention, "
              "keep: they stay as frozen keys/values); `random drop r`: as many, chosen uniformly (seed 0). "
              f"`vision v`: inside the vision tower, each image's lowest-Δ fraction v of patches halts after vision "
-             f"block {args.vision_layer} of 4 (LLM untouched); `vision v + dash …`: both at once.", ""]
+             f"block {args.vision_layer} of 4 (LLM untouched); `random vision v`: as many, chosen uniformly; "
+             "`vision v + dash …`: both at once.", ""]
     for name in args.models.split(","):
         model, processor = dashvl.load_model(name)
         rows = []
