@@ -6,6 +6,7 @@ import torch
 
 import dashvl
 import test_generation
+import test_reference
 from dashvl import graphs
 from helpers import (Reference, assert_same_generation, build, generate, layers_of, make_inputs, reference_halted,
                      visual_kinds)
@@ -52,6 +53,12 @@ def test_graph_path_matches_reference(emulate, family, attn, batch):
         assert torch.equal(h.trace.halted, halted)
     assert_same_generation(out, inputs, tokens, logits, 2e-4)
     assert layers_of(model) is original
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava-mistral", "llava-qwen2", "qwen2", "mistral"])
+def test_graph_path_matches_reference_on_other_backbones(emulate, family):
+    test_reference._check_against_reference(family, "sdpa", 3, "drop")
+    assert len(emulate) == 1
 
 
 def test_replays_do_not_disturb_an_earlier_cache(emulate):
