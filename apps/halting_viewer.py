@@ -141,6 +141,7 @@ class Viewer:
         self.model, self.processor, self.name = model, processor, name
         adapter = adapter_for(model)  # ValueError for a model type dashvl does not support
         self.layers = adapter.decoder_layers(model)
+        self.language_model = adapter.language_model(model)
         self.num_layers = len(self.layers)
         self.text_config = adapter.text_config(model)
         self.image_token = adapter.image_token_id(model)
@@ -185,7 +186,7 @@ class Viewer:
 
         def generate(inputs):
             T = inputs["input_ids"].shape[1]
-            with _PrefillClock(self.layers) as clock:
+            with _PrefillClock(self.layers[0], self.language_model) as clock:
                 out = self.model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
             answer = self.processor.batch_decode(out[:, T:], skip_special_tokens=True)[0].strip()
             return answer, clock.seconds
@@ -433,14 +434,18 @@ def main(argv=None):
 
 
 class _PrefillClock:
-    """Times the first pass through the decoder layers inside its block: the LLM prefill of a generate()."""
+    """Times the first pass through the decoder layers inside its block: the LLM prefill of a generate().
 
-    def __init__(self, layers):
-        self.layers, self.start, self.seconds, self.hooks = layers, None, None, []
+    It ends with the language model's call, not the last layer's: with DASH's CUDA graph the layers above l_s
+    are replayed, not called, so their hooks do not fire."""
+
+    def __init__(self, first_layer, language_model):
+        self.first, self.language_model = first_layer, language_model
+        self.start, self.seconds, self.hooks = None, None, []
 
     def __enter__(self):
-        self.hooks = [self.layers[0].register_forward_pre_hook(self._begin),
-                      self.layers[-1].register_forward_hook(self._end)]
+        self.hooks = [self.first.register_forward_pre_hook(self._begin),
+                      self.language_model.register_forward_hook(self._end)]
         return self
 
     def __exit__(self, *exc):
@@ -454,7 +459,7 @@ class _PrefillClock:
             self.start = time.perf_counter()
 
     def _end(self, module, args, output):
-        if self.seconds is None:
+        if self.seconds is None and self.start is not None:
             _sync(module)  # why: GPU kernels are asynchronous; time the work, not its queueing
             self.seconds = time.perf_counter() - self.start
 

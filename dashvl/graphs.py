@@ -122,10 +122,11 @@ class GraphBank:
         self.entries.clear()
         self.pool = None
 
-    def _body(self, hidden, cos, sin, mask, recorder):
+    def _body(self, hidden, cos, sin, mask, recorder, hooks: bool = True):
         extra = {self.cache_kw: recorder, "use_cache": recorder is not None}
         for layer in self.layers[self.first:]:
-            hidden = layer(hidden, attention_mask=mask, position_ids=None, position_embeddings=(cos, sin), **extra)
+            run = layer if hooks else layer.forward  # a replay calls no module, so no hook fires
+            hidden = run(hidden, attention_mask=mask, position_ids=None, position_embeddings=(cos, sin), **extra)
         return hidden
 
     def run(self, hidden, cos, sin, mask, want_kv: bool, backend: str):
@@ -157,7 +158,8 @@ class GraphBank:
             with torch.cuda.device(hidden.device):  # the model's GPU, whichever one is current
                 entry.graph.replay()
         else:  # emulation: the same static buffers, run eagerly
-            out = self._body(*entry.inputs, _recorder_into(entry.kv, self.first, len(self.layers) - self.first))
+            out = self._body(*entry.inputs, _recorder_into(entry.kv, self.first, len(self.layers) - self.first),
+                             hooks=False)
             entry.output.copy_(out)
         return entry.output, entry.kv
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -126,6 +127,27 @@ def test_llava_downsample_draws_the_pooled_grid():
     viewer = hv.Viewer(*dashvl.load_model("tiny-random-llava"), "tiny-random-llava")
     result = viewer.run([SHAPES], **{**GOOD, "ratio": 0.75}, method="downsample")
     assert [s.grid for s in result.trace.spans] == [(1, 2, 2)]  # 4x4 CLIP grid pooled to 2x2
+
+
+def test_viewer_times_prefill_on_the_graph_path(viewer, monkeypatch):
+    """The halted layers replayed as a CUDA graph (emulated here) are not called: the clock must not wait
+    for the last layer's hook."""
+    from dashvl import graphs
+
+    monkeypatch.setattr(graphs, "EMULATE", True)
+    graphs.release(viewer.model)
+    for _ in range(2):  # capture, then a replay
+        result = viewer.run([SHAPES], **GOOD)
+        assert result.dash.prefill_s > 0 and result.plain.prefill_s > 0
+    assert graphs.release(viewer.model) == 1  # the DASH runs took the graph path
+    # a prefill alone (no decode step whose last-layer call could stop a clock late) is timed on a replay
+    inputs = viewer.processor(text=["<|vision_start|><|image_pad|><|vision_end|>what is this?"],
+                              images=[Image.open(SHAPES)], return_tensors="pt")
+    with dashvl.compress(viewer.model, ratio=0.5, layer=1), torch.no_grad():
+        for _ in range(2):
+            with hv._PrefillClock(viewer.layers[0], viewer.language_model) as clock:
+                viewer.model(**inputs)
+            assert clock.seconds is not None and clock.seconds > 0
 
 
 @pytest.mark.parametrize("method", ["random", "fastv"])
