@@ -97,3 +97,13 @@ def test_bridge_table_from_eval_runs(tmp_path):
     write_section(str(out), text)
     assert out.read_text() == "the table\n\n" + text + "\n"
 
+
+def test_halted_cells_counts_what_dash_halts():
+    from halted_cells import main
+
+    lines = main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5"])
+    cells = lines[2].strip("|").split("|")
+    shares = [float(c.strip().rstrip("%")) for c in cells[2:]]
+    assert cells[0].strip() == "qwen2-vl-synth" and all(0 <= v <= 100 for v in shares)
+    assert shares[0] > 0  # at ratio 0.5 some image tokens halt
+

@@ -1,0 +1,70 @@
+"""Which tokens DASH halts on the bundled models: prompt text or image, and among image tokens, object or background.
+
+    python bench/halted_cells.py                 # 8 test questions per family, ratios 0.25 and 0.5, layer 1
+
+For each question: one prefill under ``dashvl.compress(ratio, layer)``; the image tokens' cells are labelled
+object (a shape or a word lies under the cell, ``train_synth.cell_labels``) or background. Prints, per model
+and ratio: the share of halted tokens that are image tokens, and the share of object and of background cells
+that halt. bench/ACCURACY.md's notes quote it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dashvl  # noqa: E402
+from dashvl import synth  # noqa: E402
+from train_synth import cell_labels, prompt_for  # noqa: E402
+
+
+@torch.no_grad()
+def shares(model, processor, per_family: int, ratio: float, layer: int) -> dict:
+    halted_image = halted_all = obj_halted = obj_all = bg_halted = bg_all = 0
+    for family in synth.FAMILIES:
+        for k in range(per_family):
+            sample = synth.make_sample("test", family, k)
+            scene, _, _ = synth._build("test", family, k)
+            inputs = processor(text=[prompt_for(processor, sample.question)], images=[sample.image],
+                               return_tensors="pt")
+            with dashvl.compress(model, ratio=ratio, layer=layer) as h:
+                model(**inputs)
+                trace = h.trace
+            halted_all += int(trace.num_halted()[0])
+            halted_image += int(trace.num_halted("image")[0])
+            mask = trace.patch_mask(0)[0]  # [rows, cols]
+            labels = cell_labels(scene, *mask.shape)
+            obj = (labels[:, 0] > 0) | (labels[:, 2] > 0)
+            flat = mask.reshape(-1)
+            obj_halted += int(flat[obj].sum())
+            obj_all += int(obj.sum())
+            bg_halted += int(flat[~obj].sum())
+            bg_all += int((~obj).sum())
+    return dict(image_share=halted_image / max(halted_all, 1), object_rate=obj_halted / max(obj_all, 1),
+                background_rate=bg_halted / max(bg_all, 1), questions=per_family * len(synth.FAMILIES))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="qwen2-vl-synth,llava-synth")
+    p.add_argument("--per-family", type=int, default=8)
+    p.add_argument("--ratios", default="0.25,0.5")
+    p.add_argument("--layer", type=int, default=1)
+    args = p.parse_args(argv)
+    lines = ["| model | ratio | halted tokens that are image tokens | object cells halted | background cells halted |",
+             "|---|---|---|---|---|"]
+    for name in args.models.split(","):
+        model, processor = dashvl.load_model(name)
+        for ratio in [float(r) for r in args.ratios.split(",")]:
+            s = shares(model, processor, args.per_family, ratio, args.layer)
+            lines.append(f"| {name} | {ratio:g} | {100 * s['image_share']:.0f}% | {100 * s['object_rate']:.0f}% | "
+                         f"{100 * s['background_rate']:.0f}% |")
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
