@@ -235,31 +235,34 @@ class DashHandle:
             call = self._call = self._prepare(args, kwargs, {})
         if call is not None:
             call.started = True
-            if self._use_graph(call, kwargs):
+            width = self._graph_width(call, kwargs)
+            if width is not None:
                 call.graph = True
-                width = min(graphs.bucket_width(call.width), call.T)  # nearby lengths share a graph
                 call.all_valid = call.all_valid and width == call.width
                 call.width = width
                 self._owner.layers = self._short_layers  # restored by _on_call_end
         return None
 
-    def _use_graph(self, call: _Call, kwargs) -> bool:
-        """Whether this call's halted layers replay a CUDA graph (dashvl.graphs)."""
+    def _graph_width(self, call: _Call, kwargs) -> int | None:
+        """The slots per row when this call's halted layers replay a CUDA graph (dashvl.graphs), else None."""
         if self._graphs is None or call.num_halt is None:
-            return False
+            return None
         device = call.real.device
         if device.type != "cuda" and not graphs.EMULATE:
             if self.config.cuda_graph:
                 raise ValueError(f"cuda_graph=True needs the model on a CUDA device; this call runs on {device}. "
                                  "Use cuda_graph=None (automatic) or False")
-            return False
-        if call.B * graphs.bucket_width(call.width) > graphs.MAX_SLOTS:
-            return False  # GPU-bound: the layers one by one are as fast, without filler slots
+            return None
+        bucket = graphs.bucket_width(call.width)  # nearby lengths share a graph
+        if call.B * bucket > graphs.MAX_SLOTS:
+            return None  # GPU-bound: the layers one by one are as fast, without filler slots
         cache = kwargs.get(self._cache_kw, kwargs.get("past_key_values"))
         fresh = cache is None or (isinstance(cache, DynamicCache) and cache.get_seq_length() == 0)
-        return (fresh and not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type)
+        if (fresh and not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type)
                 and not self._layers[self.layer + 1].training  # dropout draws random numbers per call
-                and self._graph_devices == {device})
+                and self._graph_devices == {device}):
+            return min(bucket, call.T)
+        return None
 
     def _restore_layers(self) -> None:
         if self._owner.layers is not self._layers:
@@ -287,7 +290,7 @@ class DashHandle:
             call = _Call(B, T, None, None, grid_kwargs)
             call.lazy = (ids, mask, shaped.device)
             return call
-        real = mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=shaped.device)
+        real = _real_tokens(mask, B, T, shaped.device)
         kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
         call = _Call(B, T, real, kinds, grid_kwargs)
         if mask is not None and mask.shape[1] > T:  # padding of earlier turns, for caches built without halting
@@ -407,7 +410,7 @@ class DashHandle:
         if call is None or call.active is None or call.graph:
             return None
         out = output[0] if isinstance(output, tuple) else output
-        full = _scatter_tokens(call.frozen, call.index, out, None if call.all_valid else call.valid)
+        full = _scatter_active(call, out)
         return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
 
     def _run_halted_graph(self, hidden, kwargs):
@@ -419,7 +422,7 @@ class DashHandle:
                                    self._backend_config._attn_implementation)
         if call.cache is not None:
             graphs.store_kv(call.cache, self.layer + 1, kv)
-        return _scatter_tokens(call.frozen, call.index, out, None if call.all_valid else call.valid)
+        return _scatter_active(call, out)
 
     # ----------------------------------------------------------------- the halted region's inputs
 
@@ -505,8 +508,7 @@ class DashHandle:
     def _build_trace(self, scores, active, kinds, grid_kwargs) -> HaltTrace:
         if isinstance(kinds, tuple):  # a ratio-0 call: (input ids, 2-D mask, device)
             ids, mask, device = kinds
-            real = mask[:, -scores.shape[1]:].bool() if mask is not None else \
-                torch.ones(scores.shape, dtype=torch.bool, device=device)
+            real = _real_tokens(mask, *scores.shape, device)
             kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
             active = real
         kinds = kinds.cpu()
@@ -530,10 +532,17 @@ def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.expand(B, -1, -1).gather(1, index[..., None].expand(B, A, x.shape[-1]))
 
 
-def _scatter_tokens(frozen: torch.Tensor, index: torch.Tensor, src: torch.Tensor, valid) -> torch.Tensor:
-    """Write src [B, A, d] into a copy of frozen [B, T, d] at index [B, A]; filler slots keep frozen's values."""
-    src = src.to(frozen.device)  # a model split over devices (device_map) ends the stack elsewhere
-    idx = index[..., None].expand_as(src)
-    if valid is not None:
-        src = torch.where(valid[..., None], src, frozen.gather(1, idx))
-    return frozen.scatter(1, idx, src)
+def _real_tokens(mask, B: int, T: int, device) -> torch.Tensor:
+    """bool [B, T]: the call's own tokens that are not padding (the 2-D mask's last T columns)."""
+    return mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+
+
+def _scatter_active(call: _Call, out: torch.Tensor) -> torch.Tensor:
+    """The halted region's output [B, width, d] written into a copy of layer l_s's frozen states [B, T, d]
+    at the call's gather indices; filler slots keep the frozen values."""
+    frozen = call.frozen
+    out = out.to(frozen.device)  # a model split over devices (device_map) ends the stack elsewhere
+    idx = call.index[..., None].expand_as(out)
+    if not call.all_valid:
+        out = torch.where(call.valid[..., None], out, frozen.gather(1, idx))
+    return frozen.scatter(1, idx, out)

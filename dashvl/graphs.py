@@ -52,12 +52,12 @@ class _KVRecorder:
     """Stands in for the cache inside the captured layers: copies each layer's keys/values into one
     static buffer [layers, 2, B, kv_heads, A, head_dim] and returns them unchanged (a fresh prefill)."""
 
-    def __init__(self, first_layer: int, num_layers: int):
+    def __init__(self, first_layer: int, num_layers: int, buffer: torch.Tensor | None = None):
         self.first, self.num_layers = first_layer, num_layers
-        self.buffer = None
+        self.buffer = buffer  # None: allocated by the first update (the warm-up run, before capture)
 
     def update(self, keys, values, layer_idx, *args, **kwargs):
-        if self.buffer is None:  # allocated on the warm-up run, before capture
+        if self.buffer is None:
             self.buffer = keys.new_empty((self.num_layers, 2) + tuple(keys.shape))
         j = layer_idx - self.first
         self.buffer[j, 0].copy_(keys)
@@ -158,8 +158,8 @@ class GraphBank:
             with torch.cuda.device(hidden.device):  # the model's GPU, whichever one is current
                 entry.graph.replay()
         else:  # emulation: the same static buffers, run eagerly
-            out = self._body(*entry.inputs, _recorder_into(entry.kv, self.first, len(self.layers) - self.first),
-                             hooks=False)
+            recorder = None if entry.kv is None else _KVRecorder(self.first, len(entry.kv), entry.kv)
+            out = self._body(*entry.inputs, recorder, hooks=False)
             entry.output.copy_(out)
         return entry.output, entry.kv
 
@@ -182,14 +182,6 @@ class GraphBank:
             graph.replay()  # capture records work without running it
         self.captures += 1
         return _Entry(graph, static, out, recorder.buffer if recorder else None)
-
-
-def _recorder_into(buffer, first, n):
-    if buffer is None:
-        return None
-    rec = _KVRecorder(first, n)
-    rec.buffer = buffer
-    return rec
 
 
 @contextlib.contextmanager
