@@ -344,10 +344,6 @@ def _worker_init(_):
 
 # --- evaluation ----------------------------------------------------------------------------------------------
 
-def normalise(text: str) -> str:
-    return text.strip().strip(".").strip().lower()
-
-
 @torch.no_grad()
 def evaluate(model, processor, per_family: int, batch: int = 250, workers: int = 4, device: str = "cpu",
              log=print) -> dict:
@@ -365,7 +361,7 @@ def evaluate(model, processor, per_family: int, batch: int = 250, workers: int =
         out = model.generate(**enc, max_new_tokens=6, do_sample=False)
         texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for s, t in zip(samples, texts):
-            ok = normalise(t) in {normalise(a) for a in s.answers}
+            ok = synth.is_correct(t, s.answers)
             correct[s.family] += ok
             total[s.family] += 1
             if len(examples) < 24 or not ok and len(examples) < 60:

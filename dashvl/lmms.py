@@ -504,20 +504,16 @@ def synth_docs(kind: str, split: str = "test", n: int = 200, family: str | None 
         with FileLock(str(path) + ".lock"):
             if not (path / "dataset_info.json").exists():
                 rows = getattr(synth, _SCHEMAS[kind])(split, n, *([family] if family else []))
-                if kind == "vqa":
-                    features = datasets.Features({"question_id": datasets.Value("int64"), "image": datasets.Image(),
-                                                  "question": datasets.Value("string"),
-                                                  "answers": datasets.Sequence(datasets.Value("string")),
-                                                  "family": datasets.Value("string")})
-                elif kind == "mme":
+                if kind == "mme":
                     features = datasets.Features({"question_id": datasets.Value("string"), "image": datasets.Image(),
                                                   "question": datasets.Value("string"),
                                                   "answer": datasets.Value("string"),
                                                   "category": datasets.Value("string")})
-                else:
+                else:  # textvqa, and vqa with the family beside it
                     features = datasets.Features({"question_id": datasets.Value("int64"), "image": datasets.Image(),
                                                   "question": datasets.Value("string"),
-                                                  "answers": datasets.Sequence(datasets.Value("string"))})
+                                                  "answers": datasets.Sequence(datasets.Value("string")),
+                                                  **({"family": datasets.Value("string")} if family else {})})
                 tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
                 datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
                 os.replace(tmp, path)

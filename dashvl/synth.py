@@ -367,13 +367,21 @@ def mme_rows(split: str, n: int) -> list[dict]:
 def textvqa_rows(split: str, n: int) -> list[dict]:
     """``n`` rows in lmms-eval's ``textvqa_val`` schema (question_id, image, question, answers: 10 strings),
     from the ``reading`` family; ``question_id`` is the family index ``k``."""
-    return [{"question_id": k, "image": s.image, "question": s.question, "answers": list(s.answers)}
-            for k, s in enumerate(make_split(split, n, families=("reading",)))]
+    return [{k: v for k, v in row.items() if k != "family"} for row in vqa_rows(split, n, "reading")]
 
 
 def vqa_rows(split: str, n: int, family: str) -> list[dict]:
     """``n`` rows of one ``family`` for the ``synth_vqa_<family>`` tasks: question_id (the family index ``k``),
-    image, question, answers (the accepted answers) and family. Scored by exact match after normalising."""
+    image, question, answers (the accepted answers) and family. Scored by ``is_correct``."""
     return [{"question_id": k, "image": s.image, "question": s.question, "answers": list(s.answers), "family": family}
             for k, s in enumerate(make_split(split, n, families=(family,)))]
 
+
+def normalise(text: str) -> str:
+    """Surrounding spaces and full stops off, lower case: how the suite compares answers."""
+    return text.strip().strip(".").strip().lower()
+
+
+def is_correct(generated: str, answers) -> bool:
+    """Exact match of ``generated`` with one of the accepted ``answers``, after ``normalise``."""
+    return normalise(generated) in {normalise(a) for a in answers}

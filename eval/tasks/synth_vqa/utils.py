@@ -1,4 +1,5 @@
 """synth_vqa_<family>: one question family of dashvl.synth per task, exact match after normalising."""
+from dashvl import synth
 from dashvl.lmms import synth_docs
 
 __all__ = ["process_docs", "doc_to_visual", "doc_to_text", "process_results"]
@@ -19,10 +20,6 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return f"{kw.get('pre_prompt', '')}{doc['question']}{kw.get('post_prompt', '')}"
 
 
-def normalise(text: str) -> str:
-    """The bundled models' scoring (bench/train_synth.py): surrounding spaces and full stops off, lower case."""
-    return text.strip().strip(".").strip().lower()
-
-
 def process_results(doc, results):
-    return {"exact_match": float(normalise(results[0]) in {normalise(a) for a in doc["answers"]})}
+    """The bundled models' own scoring (model cards, bench/accuracy.py): ``dashvl.synth.is_correct``."""
+    return {"exact_match": float(synth.is_correct(results[0], doc["answers"]))}
