@@ -22,10 +22,10 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(__file__))
 import dashvl  # noqa: E402
 from dashvl import synth  # noqa: E402
+from accuracy_bridge import marked  # noqa: E402  (bench/accuracy_bridge.py's section stays)
 from train_synth import evaluate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BRIDGE = ("<!-- bridge:start -->", "<!-- bridge:end -->")  # bench/accuracy_bridge.py's section
 NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")  # what the numbers show, written by hand
 
 
@@ -141,8 +141,7 @@ def main(argv=None):
     lines.append(f"Run time: {(time.time() - start) / 60:.1f} min.")
     # the hand-written notes (after the header) and bench/accuracy_bridge.py's section (at the end) stay
     old = open(args.out).read() if os.path.exists(args.out) else ""
-    notes, bridge = (old[old.index(a):old.index(b) + len(b)] if a in old and b in old else None
-                     for a, b in (NOTES, BRIDGE))
+    notes, bridge = (old[slice(*where)] if where else None for where in (marked(old, *NOTES), marked(old)))
     if notes:
         lines[4:4] = [notes, ""]
     with open(args.out, "w") as f:

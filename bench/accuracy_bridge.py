@@ -61,10 +61,18 @@ def section(models, layer, limit, minutes, root=os.path.join(HERE, "results", "b
     return "\n".join(lines)
 
 
+def marked(text: str, start: str = START, end: str = END) -> tuple[int, int] | None:
+    """Where the section from ``start`` to ``end`` (both included) lies in ``text``, or None."""
+    if start in text and end in text:
+        return text.index(start), text.index(end) + len(end)
+    return None
+
+
 def write_section(path: str, text: str) -> None:
     old = open(path).read() if os.path.exists(path) else ""
-    if START in old and END in old:
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END):]
+    where = marked(old)
+    if where:
+        new = old[:where[0]] + text + old[where[1]:]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     with open(path, "w") as f:

@@ -21,15 +21,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import dashvl  # noqa: E402
 from dashvl import graphs  # noqa: E402
-from helpers import build, make_inputs  # noqa: E402
+from helpers import build, generate, make_inputs  # noqa: E402
 
 ATOL = 1e-4
-
-
-def generate(model, inputs, **kw):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=8, do_sample=False, output_logits=True,
-                              return_dict_in_generate=True, **kw)
 
 
 def compare(model, inputs, **kw) -> dict:
