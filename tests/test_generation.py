@@ -97,13 +97,8 @@ def test_second_turn_reuses_the_cache(family, kv):
         assert handle.trace.halted.shape[1] == more.shape[1] + 1
 
     # reference: turn 1's halted prompt tokens stay halted; turn 2 halts among its own new prompt tokens
-    ref = Reference(model, layer, kv)
-    S1 = first.sequences.shape[1] - 1
-    real = turn2["attention_mask"].bool()
-    halted = reference_halted(ref.scores(turn2), real, visual_kinds(model, turn2["input_ids"]), ratio, start=S1)
-    halted[:, :halted_1.shape[1]] |= halted_1
-    tokens, logits = ref.greedy(turn2, halted, steps=4)
-    assert_same_generation(second, turn2, tokens, logits, ATOL)
+    _assert_second_turn_matches_reference(model, turn2, second, kv, ratio, layer, first.sequences.shape[1] - 1,
+                                          halted_before=halted_1)
 
 
 @pytest.mark.parametrize("kv", ["drop", "keep"])
@@ -120,10 +115,17 @@ def test_compressing_between_turns_keeps_the_first_turns_padding_masked(kv):
     with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
         second = model.generate(**turn2, cache=first.past_key_values, max_new_tokens=4, do_sample=False,
                                 return_dict_in_generate=True, output_logits=True)
-    ref = Reference(model, 1, kv)
+    _assert_second_turn_matches_reference(model, turn2, second, kv, 0.5, 1, first.sequences.shape[1] - 1)
+
+
+def _assert_second_turn_matches_reference(model, turn2, second, kv, ratio, layer, start, halted_before=None):
+    """Turn 2 (``second``, 4 new tokens) equals the reference: its prompt tokens from ``start`` on halt by the
+    rule, and the tokens ``halted_before`` (turn 1's halting, if it halted) stay halted."""
+    ref = Reference(model, layer, kv)
     real = turn2["attention_mask"].bool()
-    start = first.sequences.shape[1] - 1
-    halted = reference_halted(ref.scores(turn2), real, visual_kinds(model, turn2["input_ids"]), 0.5, start=start)
+    halted = reference_halted(ref.scores(turn2), real, visual_kinds(model, turn2["input_ids"]), ratio, start=start)
+    if halted_before is not None:
+        halted[:, :halted_before.shape[1]] |= halted_before
     tokens, logits = ref.greedy(turn2, halted, steps=4)
     assert_same_generation(second, turn2, tokens, logits, ATOL)
 
