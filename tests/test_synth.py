@@ -128,3 +128,21 @@ def test_lmms_eval_rows():
     assert all(set(r) == {"question_id", "image", "question", "answers"} for r in tv)
     assert all(len(r["answers"]) == 10 and all(isinstance(a, str) for a in r["answers"]) for r in tv)
     assert [r["answers"][0] for r in tv] == [s.answer for s in make_split("test", 5, families=("reading",))]
+
+
+@pytest.mark.parametrize("kind,family,message", [
+    ("vqa", None, "family is needed for kind 'vqa'"),
+    ("mme", "colour", "family is needed for kind 'vqa' and only there"),
+    ("vqa", "weather", r"family must be one of \('existence'"),
+    ("gqa", None, r"kind must be one of \('mme', 'textvqa', 'vqa'\)"),
+])
+def test_synth_docs_refuses_bad_kinds_and_families(kind, family, message):
+    from dashvl.lmms import synth_docs
+
+    with pytest.raises(ValueError, match=message):
+        synth_docs(kind, "test", 2, family=family)
+
+
+def test_is_correct_trims_spaces_full_stops_and_case():
+    assert synth.is_correct(" Blue.", ["blue"]) and synth.is_correct("STOP", ["x", "stop"])
+    assert not synth.is_correct("blue sky", ["blue"])
