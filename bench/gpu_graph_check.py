@@ -2,8 +2,8 @@
 
 The CPU tests hold the one-by-one path to a slow full-length reference and run the graph path in emulation
 (everything but the capture). This script closes the gap on a GPU: the test suite's tiny models in float32
-(TF32 off), greedy generation of batch 1 and a padded batch 3, beam search, two prompts of one shape
-sharing a graph while both caches stay in use, and replays of a captured graph.
+(TF32 off), greedy generation of batch 1 and a padded batch 3 in both kv modes, beam search, two prompts
+of one shape sharing a graph while both caches stay in use, and replays of a captured graph.
 
     python bench/gpu_graph_check.py                    # on the device; exits 1 on a mismatch
     python bench/gpu_graph_check.py --device cpu --emulate   # the same code paths on the CPU
@@ -26,10 +26,10 @@ from helpers import build, generate, make_inputs  # noqa: E402
 ATOL = 1e-4
 
 
-def compare(model, inputs, **kw) -> dict:
-    with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=False):
+def compare(model, inputs, kv="drop", **kw) -> dict:
+    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=False):
         want = generate(model, inputs, **kw)
-    with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=None) as h:
+    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=None) as h:
         got = generate(model, inputs, **kw)
         again = generate(model, inputs, **kw)  # a replay of the graph just captured
         counts = (h._graphs.captures, h._graphs.replays)
@@ -77,7 +77,8 @@ def run_checks(args):
         model.to(args.device)
         for batch in (1, 3):
             inputs = {k: v.to(args.device) for k, v in make_inputs(family, batch).items()}
-            results[f"{family} batch {batch}"] = compare(model, inputs)
+            for kv in ("drop", "keep"):
+                results[f"{family} batch {batch} {kv}"] = compare(model, inputs, kv)
         if family == "llama":
             inputs = {k: v.to(args.device) for k, v in make_inputs(family, 3).items()}
             results["llama beam search, batch 3 x 3 beams"] = compare(model, inputs, num_beams=3)

@@ -35,8 +35,8 @@ class DashConfig:
             by Δ, or at random with method="random" (FastV has no vision-tower form: with it, Δ ranks them).
         vision_layer: the vision block v_s where they halt: an int in [0, depth-2] or a float in (0, 1).
         cuda_graph: replay the layers above l_s as a CUDA graph per (batch, width) shape, so short prompts
-            gain too (see ``dashvl.graphs``). None (default): wherever it applies (a fresh kv="drop" prefill
-            under no_grad on one CUDA device); True: the same, and an error if the model runs elsewhere;
+            gain too (see ``dashvl.graphs``). None (default): wherever it applies (a fresh prefill, either kv
+            mode, under no_grad on one CUDA device); True: the same, and an error if the model runs elsewhere;
             False: never.
     """
 
@@ -71,9 +71,6 @@ class DashConfig:
             raise ValueError(f"scope must be one of {SCOPES}; got {self.scope!r}")
         if self.cuda_graph not in (None, True, False):
             raise ValueError(f"cuda_graph must be None (automatic), True or False; got {self.cuda_graph!r}")
-        if self.cuda_graph and self.kv != "drop":
-            raise ValueError("cuda_graph=True needs kv='drop' (keep mode computes the frozen tokens' keys per "
-                             "call); use kv='drop', or cuda_graph=None / False")
         if isinstance(self.protect_last, bool) or not isinstance(self.protect_last, numbers.Integral) or self.protect_last < 1:
             raise ValueError(f"protect_last must be an int >= 1 (the last prompt token always stays active); got {self.protect_last!r}")
 

@@ -12,7 +12,7 @@ Flow of one model call (a prefill, a second-turn prompt or a decode step):
    kv="keep", writes the frozen tokens' keys/values into its cache first).
 5. last layer hook: scatter the active tokens back over the frozen states of layer l_s.
 
-On a CUDA device a fresh kv="drop" prefill with few active slots takes another route from step 4 on
+On a CUDA device a fresh prefill with few active slots takes another route from step 4 on
 (``dashvl.graphs``): the language model's pre-hook swaps its layer list for layers 0..l_s plus a runner,
 which gathers as in step 4, replays the halted layers captured as one CUDA graph, stores their keys/values
 in the cache and scatters; the post-hook puts the layer list back.
@@ -134,9 +134,9 @@ class DashHandle:
                 self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
             if halting:
                 self._hooks.append(layers[-1].register_forward_hook(self._on_last_layer))
-            if halting and self.config.cuda_graph is not False and self.config.kv == "drop":  # keep: see DashConfig
+            if halting and self.config.cuda_graph is not False:
                 first = ls + 1
-                self._graphs = graphs.bank_for(layers, first, self._cache_kw)
+                self._graphs = graphs.bank_for(layers, first, self._cache_kw, self.adapter.halted_kv)
                 runner = graphs.HaltedRunner(self, getattr(layers[first], "attention_type", None))
                 self._short_layers = nn.ModuleList(list(layers[:first]) + [runner])
                 self._graph_devices = {p.device for p in layers[first:].parameters()}
@@ -240,6 +240,10 @@ class DashHandle:
                 call.graph = True
                 call.all_valid = call.all_valid and width == call.width
                 call.width = width
+                if self.config.kv == "keep":  # the frozen slots too, so nearby lengths share a graph
+                    h_width = min(graphs.bucket_width(call.h_width), call.T)
+                    call.h_all_valid = call.h_all_valid and h_width == call.h_width
+                    call.h_width = h_width
                 self._owner.layers = self._short_layers  # restored by _on_call_end
         return None
 
@@ -418,8 +422,9 @@ class DashHandle:
         call = self._call
         args = self._enter_halted_region(call, (hidden,), kwargs)
         cos, sin = call.overrides["position_embeddings"]
-        out, kv = self._graphs.run(args[0], cos, sin, call.overrides["attention_mask"], call.cache is not None,
-                                   self._backend_config._attn_implementation)
+        frozen = (call.h_hidden, call.h_cos, call.h_sin) if self.config.kv == "keep" else None
+        out, kv = self._graphs.run(args[0], cos, sin, call.overrides["attention_mask"], frozen,
+                                   call.cache is not None, self._backend_config._attn_implementation)
         if call.cache is not None:
             graphs.store_kv(call.cache, self.layer + 1, kv)
         return _scatter_active(call, out)
@@ -456,7 +461,9 @@ class DashHandle:
                 call.h_cos, call.h_sin = _gather_tokens(cos, call.h_index), _gather_tokens(sin, call.h_index)
                 new_keys = torch.cat([torch.where(call.h_valid, call.h_index + past, -1), q_pos], 1)
                 new_valid = new_valid and call.h_all_valid
-                if call.cache is None:  # no cache asked for: a private one carries the frozen keys/values
+                if call.graph:  # the graph's recorder carries them
+                    call.keep_cache = None
+                elif call.cache is None:  # no cache asked for: a private one carries the frozen keys/values
                     call.keep_cache = DynamicCache()
                     overrides[self._cache_kw] = call.keep_cache
                 else:

@@ -10,9 +10,9 @@ sweep) replays what was captured. They are freed by ``release(model)`` or with t
 when the layers' weights move (``model.to(...)``).
 
 Widths are rounded up to 16 steps per octave (``bucket_width``, ≤ 6.25% filler slots) so that prompts of
-nearby lengths share a graph. Only fresh kv="drop" prefills under no_grad with at most ``MAX_SLOTS`` active
-slots take this path; anything else (long active sets, decode steps, later turns, keep mode, autograd,
-autocast) runs the layers as usual.
+nearby lengths share a graph; kv="keep" rounds up the frozen tokens' slots the same way. Only fresh
+prefills under no_grad with at most ``MAX_SLOTS`` active slots take this path; anything else (long active
+sets, decode steps, later turns, autograd, autocast) runs the layers as usual.
 
 For one call the engine swaps the decoder stack's layer list for layers 0..l_s plus a ``HaltedRunner``
 (restored by the stack's post-hook, also on errors): the stock forward loop then runs layers 0..l_s and
@@ -49,19 +49,25 @@ def bucket_width(n: int) -> int:
 
 
 class _KVRecorder:
-    """Stands in for the cache inside the captured layers: copies each layer's keys/values into one
-    static buffer [layers, 2, B, kv_heads, A, head_dim] and returns them unchanged (a fresh prefill)."""
+    """Stands in for the cache inside the captured layers of a fresh prefill. kv="keep": each layer's
+    attention sees the frozen tokens' keys/values (``prefix``, set before the layer runs) ahead of its own.
+    With ``store``, copies what each layer attends to into one static buffer [layers, 2, B, kv_heads, K,
+    head_dim], which ``store_kv`` later puts into the real cache."""
 
-    def __init__(self, first_layer: int, num_layers: int, buffer: torch.Tensor | None = None):
-        self.first, self.num_layers = first_layer, num_layers
+    def __init__(self, first_layer: int, num_layers: int, buffer: torch.Tensor | None = None, store: bool = True):
+        self.first, self.num_layers, self.store = first_layer, num_layers, store
         self.buffer = buffer  # None: allocated by the first update (the warm-up run, before capture)
+        self.prefix = None
 
     def update(self, keys, values, layer_idx, *args, **kwargs):
-        if self.buffer is None:
-            self.buffer = keys.new_empty((self.num_layers, 2) + tuple(keys.shape))
-        j = layer_idx - self.first
-        self.buffer[j, 0].copy_(keys)
-        self.buffer[j, 1].copy_(values)
+        if self.prefix is not None:
+            keys, values = torch.cat([self.prefix[0], keys], -2), torch.cat([self.prefix[1], values], -2)
+        if self.store:
+            if self.buffer is None:
+                self.buffer = keys.new_empty((self.num_layers, 2) + tuple(keys.shape))
+            j = layer_idx - self.first
+            self.buffer[j, 0].copy_(keys)
+            self.buffer[j, 1].copy_(values)
         return keys, values
 
 
@@ -76,11 +82,12 @@ class _Entry:
 _BANKS: "weakref.WeakKeyDictionary[nn.ModuleList, dict]" = weakref.WeakKeyDictionary()
 
 
-def bank_for(layers: nn.ModuleList, first: int, cache_kw: str) -> "GraphBank":
-    """The graphs of ``layers[first:]``, shared by every compress() of this model at this layer."""
+def bank_for(layers: nn.ModuleList, first: int, cache_kw: str, frozen_kv=None) -> "GraphBank":
+    """The graphs of ``layers[first:]``, shared by every compress() of this model at this layer.
+    ``frozen_kv(layer, hidden, cos, sin) -> (keys, values)``: what frozen tokens add to a layer (kv="keep")."""
     banks = _BANKS.setdefault(layers, {})
     if first not in banks:
-        banks[first] = GraphBank(layers, first, cache_kw)
+        banks[first] = GraphBank(layers, first, cache_kw, frozen_kv)
     return banks[first]
 
 
@@ -101,9 +108,9 @@ class GraphBank:
     and outputs (hidden states and the halted layers' keys/values) alive.
     """
 
-    def __init__(self, layers, first: int, cache_kw: str, max_graphs: int = 24):
+    def __init__(self, layers, first: int, cache_kw: str, frozen_kv=None, max_graphs: int = 24):
         self._layers = weakref.ref(layers)  # the bank lives in a dict keyed by these layers
-        self.first, self.cache_kw, self.max_graphs = first, cache_kw, max_graphs
+        self.first, self.cache_kw, self.frozen_kv, self.max_graphs = first, cache_kw, frozen_kv, max_graphs
         self.entries: collections.OrderedDict = collections.OrderedDict()
         self.pool = None
         self.captures = self.replays = 0  # counts, for tests and benchmarks
@@ -122,27 +129,33 @@ class GraphBank:
         self.entries.clear()
         self.pool = None
 
-    def _body(self, hidden, cos, sin, mask, recorder, hooks: bool = True):
+    def _body(self, hidden, cos, sin, mask, h_hidden, h_cos, h_sin, recorder, hooks: bool = True):
         extra = {self.cache_kw: recorder, "use_cache": recorder is not None}
         for layer in self.layers[self.first:]:
+            if h_hidden is not None:  # kv="keep": the frozen tokens' keys/values come first in this layer
+                recorder.prefix = self.frozen_kv(layer, h_hidden, h_cos, h_sin)
             run = layer if hooks else layer.forward  # a replay calls no module, so no hook fires
             hidden = run(hidden, attention_mask=mask, position_ids=None, position_embeddings=(cos, sin), **extra)
         return hidden
 
-    def run(self, hidden, cos, sin, mask, want_kv: bool, backend: str):
+    def _recorder(self, keep: bool, want_kv: bool, buffer=None) -> _KVRecorder | None:
+        n = len(self.layers) - self.first
+        return _KVRecorder(self.first, n, buffer, store=want_kv) if keep or want_kv else None
+
+    def run(self, hidden, cos, sin, mask, frozen, want_kv: bool, backend: str):
         """The halted layers on ``hidden`` [B, A, d]: (output [B, A, d], keys/values buffer or None).
 
+        ``frozen``: None (kv="drop") or the frozen tokens' (hidden [B, H, d], cos, sin) for kv="keep".
         Both results are the graph's static outputs: the next replay overwrites them.
         """
         where = self._weights_at()
         if where != self._where:  # the weights moved (model.to): graphs read the old addresses
             self.clear()
             self._where = where
-        key = (backend, tuple(hidden.shape), tuple(cos.shape), hidden.dtype, cos.dtype, hidden.device,
-               None if mask is None else (tuple(mask.shape), mask.dtype), want_kv,
-               torch.is_inference_mode_enabled())
+        inputs = (hidden, cos, sin, mask) + (tuple(frozen) if frozen is not None else (None,) * 3)
+        key = (backend, tuple(None if x is None else (tuple(x.shape), x.dtype) for x in inputs), hidden.device,
+               want_kv, torch.is_inference_mode_enabled())
         entry = self.entries.get(key)
-        inputs = (hidden, cos, sin, mask)
         if entry is None:
             entry = self._capture(inputs, want_kv)
             self.entries[key] = entry
@@ -158,20 +171,20 @@ class GraphBank:
             with torch.cuda.device(hidden.device):  # the model's GPU, whichever one is current
                 entry.graph.replay()
         else:  # emulation: the same static buffers, run eagerly
-            recorder = None if entry.kv is None else _KVRecorder(self.first, len(entry.kv), entry.kv)
+            recorder = self._recorder(frozen is not None, want_kv, entry.kv)
             out = self._body(*entry.inputs, recorder, hooks=False)
             entry.output.copy_(out)
         return entry.output, entry.kv
 
     def _capture(self, inputs, want_kv: bool) -> _Entry:
-        n = len(self.layers) - self.first
         with _plain_tensors():  # static inputs must stay writable outside inference mode too
             static = tuple(None if x is None else x.clone() for x in inputs)
-        recorder = _KVRecorder(self.first, n) if want_kv else None
+        keep = static[4] is not None
+        recorder = self._recorder(keep, want_kv)
         if EMULATE:
             out = self._body(*static, recorder)
             self.captures += 1
-            return _Entry(None, static, out, recorder.buffer if recorder else None)
+            return _Entry(None, static, out, recorder.buffer if want_kv else None)
         with torch.cuda.device(static[0].device):
             self._body(*static, recorder)  # warm-up: cuBLAS workspaces and lazy inits happen outside the capture
             if self.pool is None:
@@ -181,7 +194,7 @@ class GraphBank:
                 out = self._body(*static, recorder)
             graph.replay()  # capture records work without running it
         self.captures += 1
-        return _Entry(graph, static, out, recorder.buffer if recorder else None)
+        return _Entry(graph, static, out, recorder.buffer if want_kv else None)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,8 @@ def test_gpu_graph_check_runs_on_cpu_in_emulation(tmp_path):
     assert graphs.EMULATE is False  # restored for the tests that follow
     data = json.loads((tmp_path / "gpu_graph_check.json").read_text())
     assert data["emulate"] and all(r["ok"] for r in data["results"].values())
-    assert data["results"]["llama batch 3"]["replays"] >= 1
+    assert data["results"]["llama batch 3 drop"]["replays"] >= 1
+    assert data["results"]["llama batch 3 keep"]["replays"] >= 1
 
 
 def test_bridge_table_from_eval_runs(tmp_path):

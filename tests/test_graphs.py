@@ -39,15 +39,16 @@ def test_bucket_width_adds_less_than_a_sixteenth_or_8():
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_graph_path_matches_reference(emulate, family, attn, batch):
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_graph_path_matches_reference(emulate, family, attn, batch, kv):
     model, _ = build(family, attn)
     inputs = make_inputs(family, batch)
-    ref = Reference(model, 1, "drop")
+    ref = Reference(model, 1, kv)
     real = inputs["attention_mask"].bool()
     halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
     tokens, logits = ref.greedy(inputs, halted)
     original = layers_of(model)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h:
+    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as h:
         out = generate(model, inputs)
         assert h._graphs.captures == 1  # the prefill took the graph path; decode steps did not
         assert torch.equal(h.trace.halted, halted)
@@ -131,9 +132,25 @@ def test_any_dynamic_cache_receives_the_graphs_keys_and_values(emulate, cache):
         torch.testing.assert_close(g, w, atol=2e-4, rtol=0)
 
 
-def test_keep_mode_never_takes_the_graph_path(emulate):
-    test_generation.test_second_turn_reuses_the_cache("qwen2_vl", "keep")
-    assert emulate == []
+@pytest.mark.parametrize("family", ["qwen2_vl", "llama"])
+def test_keep_mode_second_turn_after_a_graph_prefill_matches_reference(emulate, family):
+    # the halted layers' caches hold the frozen tokens' keys/values ahead of the active ones, as one by one
+    test_generation.test_second_turn_reuses_the_cache(family, "keep")
+    assert len(emulate) == 1
+
+
+def test_keep_mode_rounds_the_frozen_slots_up_and_masks_the_fillers(emulate):
+    """Rows that halt different numbers of tokens (padding) and a bucketed frozen width: filler key slots
+    must not be attended to, and the graph must equal the layers run one by one."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    outs = {}
+    for graph in (False, None):
+        with dashvl.compress(model, ratio=0.6, layer=1, kv="keep", cuda_graph=graph) as h, torch.no_grad():
+            outs[graph] = model(**inputs, use_cache=False).logits
+            halted = h.trace.halted.sum(1)
+    assert len(emulate) == 1 and len(set(halted.tolist())) > 1
+    torch.testing.assert_close(outs[None], outs[False], atol=2e-5, rtol=0)
 
 
 def test_beam_search_after_a_graph_prefill_matches_reference(emulate):
@@ -199,8 +216,6 @@ def test_long_active_sets_run_the_layers_one_by_one(emulate, monkeypatch):
 def test_graph_settings_are_checked():
     with pytest.raises(ValueError, match="cuda_graph must be None"):
         dashvl.DashConfig(cuda_graph="yes")
-    with pytest.raises(ValueError, match="needs kv='drop'"):
-        dashvl.DashConfig(cuda_graph=True, kv="keep")
     model, _ = build("llama")
     inputs = make_inputs("llama", 1)
     with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=True), torch.no_grad():
