@@ -1,6 +1,6 @@
 """Speedup against ratio, measured next to the FLOPs limit, from the JSON files in bench/results/.
 
-    python bench/plot_results.py     # writes bench/speedup_vs_ratio.png
+    python bench/plot_results.py     # writes bench/speedup_vs_ratio.png and bench/speedup_grid.png
 """
 import json
 import os
@@ -69,6 +69,33 @@ def main():
     fig.tight_layout()
     out = os.path.join(HERE, "speedup_vs_ratio.png")
     fig.savefig(out, dpi=110)
+    print(out)
+    grid()
+
+
+def grid():
+    """Session 3's grid (issue 6): both models, drop / keep × layer 2 / 0.4·L, SDPA, every length."""
+    s3 = os.path.join(HERE, "results", "session3")
+    models = (("Qwen2-VL-7B", "qwen2-vl-7b"), ("LLaVA-1.5-7B", "llava-1.5-7b"))
+    panels = [(kv, layer) for layer in ("2", "0.4") for kv in ("drop", "keep")]
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8), sharey="row")
+    for row, (title, name) in enumerate(models):
+        path = os.path.join(s3, f"prefill_{name}_llm_cuda_sdpa_matrix2.json")
+        for col, (kv, layer) in enumerate(panels):
+            ax = axes[row, col]
+            for i, (tokens, pts) in enumerate(series(path, kv=kv, layer=layer).items()):
+                r, sp, lim = zip(*pts)
+                ax.plot(r, sp, "o-", color=f"C{i}", label=f"{tokens} tokens")
+                ax.plot(r, lim, "--", color=f"C{i}", alpha=0.5)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_title(f"{title} LLM prefill, kv='{kv}', layer {'2' if layer == '2' else '0.4·L'}", fontsize=10)
+            ax.set_xlabel("ratio ρ (SDPA, H200, bf16; dashed: FLOPs limit)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[row, 0].set_ylabel("speedup over the unmodified model")
+    fig.tight_layout()
+    out = os.path.join(HERE, "speedup_grid.png")
+    fig.savefig(out, dpi=100)
     print(out)
 
 
