@@ -1,0 +1,73 @@
+"""The training script's own pieces (bench/train_synth.py): the packed Qwen2-VL training forward must compute
+what transformers' stock forward computes, and the reading targets must follow the rendered word."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+import train_synth as T  # noqa: E402
+from dashvl import synth  # noqa: E402
+
+QWEN = os.path.join(os.path.dirname(__file__), "..", "assets", "models", "qwen2-vl-synth")
+
+
+def test_packed_training_forward_equals_the_stock_forward():
+    """One SDPA call over the padded images and worker-side M-RoPE / vision positions against transformers'
+    per-image attention and per-row get_rope_index: images of different sizes, float32, training mode."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(QWEN)
+    ds = T.TrainStream(proc, length=20, turns=2, positions=True)
+    batch = T.collate([ds[i] for i in (3, 8, 9)], proc.tokenizer.pad_token_id)  # count, reading, reading
+    assert len({tuple(g) for g in batch["image_grid_thw"].tolist()}) > 1  # the images differ in size
+    stock = AutoModelForImageTextToText.from_pretrained(QWEN, dtype=torch.float32)
+    stock.config._attn_implementation = "sdpa"
+    fast = copy.deepcopy(stock)
+    T.use_packed_vision_attention(fast)
+    stock.train(), fast.train()
+    torch.manual_seed(0)  # dropout is 0 in these configs; seeded anyway
+    plain = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image", "position_ids",
+                                                          "vision_position_ids", "cu_seqlens", "max_seqlen")}
+    want = stock(**plain)
+    packed = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image")}
+    packed["max_seqlen"] = int(packed["max_seqlen"])
+    got = T.qwen_fast_forward(fast, packed, batch["image_grid_thw"])
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
+    pos, _ = stock.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
+                                        attention_mask=batch["attention_mask"])
+    assert torch.equal(pos, batch["position_ids"])
+
+
+def test_letter_targets_spell_the_word_from_left_to_right():
+    rows_checked = 0
+    for k in range(12):
+        scene, _, word = synth._build("train", "reading", k)
+        rows, cols = scene.h // 28, scene.w // 28  # Qwen2-VL's merged cells
+        lab = T.cell_labels(scene, rows, cols).view(rows, cols, 4)
+        text = word.upper()
+        word_cells = lab[..., 2] == synth.WORDS.index(word) + 1
+        assert word_cells.any()
+        for r in range(rows):
+            letters = [chr(int(c) + ord("A") - 1) for c in lab[r, :, 3] if c > 0]
+            if not letters:
+                continue
+            assert word_cells[r].any() and all(ch in text for ch in letters)
+            at = [text.index(ch) for ch in dict.fromkeys(letters)]
+            assert at == sorted(at), (word, letters)  # left to right, never backwards
+            rows_checked += len(at) > 1
+        assert not ((lab[..., 3] > 0) & ~word_cells).any()  # letters only on the word's cells
+    assert rows_checked >= 12
+
+
+def test_mix_counts_families_and_names_the_allowed_ones():
+    mix = T.parse_mix("reading=4,colour=3")
+    assert mix.count("reading") == 4 and mix.count("colour") == 3 and mix.count("existence") == 2
+    assert T.parse_mix("") == T.ROUND
+    with pytest.raises(ValueError, match="families from"):
+        T.parse_mix("colours=3")
+    with pytest.raises(ValueError, match="every family has count 0"):
+        T.parse_mix(",".join(f"{f}=0" for f in synth.FAMILIES))
