@@ -57,8 +57,9 @@ def test_graph_path_matches_reference(emulate, family, attn, batch, kv):
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava-mistral", "llava-qwen2", "qwen2", "mistral"])
-def test_graph_path_matches_reference_on_other_backbones(emulate, family):
-    test_reference._check_against_reference(family, "sdpa", 3, "drop")
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_graph_path_matches_reference_on_other_backbones(emulate, family, kv):
+    test_reference._check_against_reference(family, "sdpa", 3, kv)
     assert len(emulate) == 1
 
 
