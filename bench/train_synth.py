@@ -20,6 +20,9 @@ evaluates greedy generations on the ``test`` split per family; writes a model ca
     #   stages 4 and 5 (two reading losses on the visual tokens, a per-model mix of families), 7.8 and 6.4 min:
     bash bench/run_gpu_train.sh 7.8 reading=4 reading=4
     bash bench/run_gpu_train.sh 6.4 position=4 existence=3,colour=3,reading=3 6e-4
+    #   stage 6 (llava-synth: No questions that share the drawn colour; two variants side by side, A kept), 7.8 min:
+    bash bench/run_gpu_variants.sh 7.8 "A:--lr 8e-4 --mix existence=5,colour=4 --hard-no 0.7" \
+        "B:--lr 1e-3 --mix existence=5,colour=4 --hard-no 0.85 --aux-shape 3"
     # a CPU smoke test:
     python bench/train_synth.py --model qwen2-vl-synth --steps 3 --batch 4 --tiny --eval-per-family 4 --out /tmp/s
 
@@ -32,6 +35,11 @@ merge order, LLaVA's grid: checked against the patches), but the only word targe
 cell, a few percent of the auxiliary loss's weight. ``--aux-word`` adds a local target (the letter under each word
 cell) and a pooled one (the word from the mean of its cells' tokens); ``--mix`` shows more reading images. With
 them, stage 4 took reading from 3% to 99% (Qwen2-VL) and 74% (LLaVA) in 7.8 minutes.
+
+Why llava-synth's existence sat at 76% for three stages: it answered from the colour alone. Every test No question
+whose colour was drawn (on another shape) got Yes, every one whose colour was not drawn got No; half of the suite's
+No questions are of each kind, hence 75%. ``--hard-no`` draws training No questions that share the drawn object's
+colour more often, so that only the shape answers them; stage 6 (``--hard-no 0.7``) took existence to 97%.
 
 Qwen2-VL trains with the vision attention packed into one call per layer (``packed_vision_sdpa``, registered for
 the vision tower only and never saved) and the M-RoPE / vision rotary indices computed by the data workers, instead
@@ -227,18 +235,33 @@ def _unique(items):
     return [x for x in items if items.count(x) == 1]
 
 
-def extra_questions(scene, rng) -> list[tuple[str, str]]:
-    """Every other question of the suite's families that ``scene`` (what ``synth._build`` drew) settles."""
+def absent_pair(objs, c: str, s: str, rng, hard_no: float = 0.0):
+    """A (colour, shape) not among ``objs`` that shares the colour or the shape of the drawn (``c``, ``s``), as the
+    suite's No questions do. With probability ``hard_no`` it shares the colour (when one exists): only the shape then
+    tells it apart. None if every such pair is drawn."""
+    same_shape = [(c2, s) for c2 in synth.COLOURS if (c2, s) not in objs]
+    same_colour = [(c, s2) for s2 in synth.SHAPES if (c, s2) not in objs]
+    if same_colour and rng.random() < hard_no:
+        return rng.choice(same_colour)
+    pool = same_shape + same_colour
+    return rng.choice(pool) if pool else None
+
+
+def existence_question(c: str, s: str) -> str:
+    return f"Is there {synth._a(c)} {c} {s} in the image?"
+
+
+def extra_questions(scene, rng, hard_no: float = 0.0) -> list[tuple[str, str]]:
+    """Every other question of the suite's families that ``scene`` (what ``synth._build`` drew) settles; its No
+    existence question shares the present object's colour with probability ``hard_no`` (see ``absent_pair``)."""
     objs = [(c, s) for c, s, _ in scene.objects]
     out = []
     if objs:
         c, s = rng.choice(objs)
-        out.append((f"Is there {synth._a(c)} {c} {s} in the image?", "Yes"))
-        absent = [(c2, s) for c2 in synth.COLOURS if (c2, s) not in objs] + \
-                 [(c, s2) for s2 in synth.SHAPES if (c, s2) not in objs]
+        out.append((existence_question(c, s), "Yes"))
+        absent = absent_pair(objs, c, s, rng, hard_no)
         if absent:
-            c2, s2 = rng.choice(absent)
-            out.append((f"Is there {synth._a(c2)} {c2} {s2} in the image?", "No"))
+            out.append((existence_question(*absent), "No"))
     for shape in _unique([s for _, s in objs]):
         out.append((f"What colour is the {shape}?", next(c for c, s in objs if s == shape)))
     for colour in _unique([c for c, _ in objs]):
@@ -314,8 +337,9 @@ class TrainStream(torch.utils.data.Dataset):
     also ``position_ids``: the M-RoPE indices ``get_rope_index`` would compute for it, here in the data worker."""
 
     def __init__(self, processor, length: int, turns: int = 4, seed_offset: int = 0, round_=ROUND,
-                 positions: bool = False):
+                 positions: bool = False, hard_no: float = 0.0):
         self.processor, self.length, self.offset, self.turns = processor, length, seed_offset, turns
+        self.hard_no = hard_no
         self.round = tuple(round_)
         self.per_round = {f: self.round.count(f) for f in synth.FAMILIES}
         self.qwen = processor.tokenizer.bos_token != "<s>"
@@ -347,7 +371,11 @@ class TrainStream(torch.utils.data.Dataset):
         k = r * self.per_round[family] + self.round[:j].count(family)
         scene, q0, a0 = synth._build("train", family, k)
         rng = random.Random(f"turns/{i}")
-        extra = [qa for qa in extra_questions(scene, rng) if qa[0] != q0]
+        if family == "existence" and a0 == "No" and self.hard_no:  # redraw the No question (see absent_pair)
+            objs = [(c, s) for c, s, _ in scene.objects]
+            absent = absent_pair(objs, *rng.choice(objs), rng, self.hard_no)
+            q0 = existence_question(*absent) if absent else q0
+        extra = [qa for qa in extra_questions(scene, rng, self.hard_no) if qa[0] != q0]
         rng.shuffle(extra)
         qas = [(q0, a0)] + extra[:self.turns - 1]
         enc = self.processor(text=[prompt_for(self.processor, self._suffixed(q0, rng))], images=[scene.img],
@@ -566,9 +594,12 @@ def train(name: str, args, log=print) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     round_ = parse_mix(args.mix)
     log(f"{name}: {n_params / 1e6:.2f} M parameters, vocab {len(processor.tokenizer)}, device {device}; mix per round "
-        + ", ".join(f"{f} {round_.count(f)}" for f in synth.FAMILIES) + ("; packed vision attention" if fast else ""))
+        + ", ".join(f"{f} {round_.count(f)}" for f in synth.FAMILIES) + ("; packed vision attention" if fast else "")
+        + (f"; hard No questions {args.hard_no}" if args.hard_no else "")
+        + (f"; shape auxiliary weight {args.aux_shape}" if args.aux_shape != 1 else ""))
     max_steps = args.steps or 10 ** 7
-    ds = TrainStream(processor, length=max_steps * args.batch, turns=args.turns, round_=round_, positions=fast)
+    ds = TrainStream(processor, length=max_steps * args.batch, turns=args.turns, round_=round_, positions=fast,
+                     hard_no=args.hard_no)
     # Auxiliary losses (training only, not saved): a linear probe on the visual tokens the LLM receives predicts
     # the colour, shape and word under each token's cell, so that the vision tower learns from the first steps;
     # with --aux-word also the letter under each word cell, and the word from the mean of its cells' tokens.
@@ -594,7 +625,7 @@ def train(name: str, args, log=print) -> dict:
     budget = args.minutes * 60 if not args.steps else None
     # accuracy of the probes on the word cells (each batch is new data: measured before the step learns from it):
     # per-cell word, letter, word from the pooled word tokens (correct, total)
-    stats = torch.zeros(6, device=device)
+    stats = torch.zeros(10, device=device)  # + colour and shape on object cells
     t0 = time.time()
     step, ema, waited, t_wait = 0, None, 0.0, time.time()
     for batch in loader:
@@ -622,7 +653,8 @@ def train(name: str, args, log=print) -> dict:
             pooled = torch.zeros(n_img, hidden, device=device, dtype=v.dtype).index_add(0, cell_image, v * wf[:, None].to(v.dtype))
             pooled_logits = word_head(pooled / count.clamp(min=1)[:, None].to(v.dtype)).float()
         parts = logits.split(AUX_CLASSES + (N_LETTERS,), dim=-1)
-        aux = sum(_aux_ce(parts[j], cells[:, j], args.aux_fg) for j in range(len(AUX_CLASSES)))
+        aux_w = (1.0, args.aux_shape, 1.0)  # colour, shape, word
+        aux = sum(aux_w[j] * _aux_ce(parts[j], cells[:, j], args.aux_fg) for j in range(len(AUX_CLASSES)))
         has_word = count > 0
         word_of = torch.zeros(n_img, dtype=torch.long, device=device).scatter_reduce(0, cell_image, cells[:, 2], "amax")
         word_target = (word_of - 1).clamp(min=0)
@@ -635,7 +667,10 @@ def train(name: str, args, log=print) -> dict:
             lm = cells[:, 3] > 0
             stats += torch.stack([((parts[2].argmax(-1) == cells[:, 2]) & word_cell).sum(), word_cell.sum(),
                                   ((parts[3].argmax(-1) == cells[:, 3]) & lm).sum(), lm.sum(),
-                                  ((pooled_logits.argmax(-1) == word_target) & has_word).sum(), has_word.sum()]).float()
+                                  ((pooled_logits.argmax(-1) == word_target) & has_word).sum(), has_word.sum(),
+                                  ((parts[0].argmax(-1) == cells[:, 0]) & (cells[:, 0] > 0)).sum(), (cells[:, 0] > 0).sum(),
+                                  ((parts[1].argmax(-1) == cells[:, 1]) & (cells[:, 1] > 0)).sum(), (cells[:, 1] > 0).sum(),
+                                  ]).float()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
@@ -646,7 +681,7 @@ def train(name: str, args, log=print) -> dict:
             ema = v if ema is None else 0.9 * ema + 0.1 * v
             c = stats.tolist()
             acc = " ".join(f"{k} {c[2 * i] / max(1, c[2 * i + 1]):.3f}/{int(c[2 * i + 1])}"
-                           for i, k in enumerate(("word-cell", "letter", "word-pooled")))
+                           for i, k in enumerate(("word-cell", "letter", "word-pooled", "colour-cell", "shape-cell")))
             log(f"step {step} loss {v:.4f} ema {ema:.4f} aux {aux.item():.3f} letter {letter_loss.item():.3f} "
                 f"pooled {pooled_loss.item():.3f} lr {lr:.2e} t {time.time() - t0:.0f}s (waiting for data {waited:.0f}s)"
                 f" | probe acc since last log: {acc}")
@@ -764,6 +799,11 @@ def main(argv=None):
     ap.add_argument("--aux-word", type=float, default=0.0,
                     help="weight of two more auxiliary losses for reading: the letter under each word cell (27-way, "
                          "on word cells) and the word from the mean of its cells' visual tokens (40-way)")
+    ap.add_argument("--aux-shape", type=float, default=1.0,
+                    help="weight of the shape part of the auxiliary loss, relative to the colour and word parts")
+    ap.add_argument("--hard-no", type=float, default=0.0,
+                    help="probability that a training No existence question shares the drawn object's colour (so "
+                         "that only its shape tells it apart) instead of either attribute as the test split's do")
     ap.add_argument("--mix", default="",
                     help="families per round of the training stream, e.g. 'reading=8' or 'existence=2,...,reading=6' "
                          "(families left out keep ROUND's count: existence 2, colour 1, shape 1, count 2, "

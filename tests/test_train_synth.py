@@ -71,3 +71,41 @@ def test_mix_counts_families_and_names_the_allowed_ones():
         T.parse_mix("colours=3")
     with pytest.raises(ValueError, match="every family has count 0"):
         T.parse_mix(",".join(f"{f}=0" for f in synth.FAMILIES))
+
+
+def test_hard_no_questions_share_the_colour_and_stay_true():
+    """--hard-no 1: every training No existence question names a drawn colour with a shape that colour is not
+    drawn in, so colour alone cannot answer it; the answers stay right. --hard-no 0 leaves the suite's mix (both
+    kinds occur)."""
+    import random
+
+    kinds = {0.0: set(), 1.0: set()}
+    for hard, seen in kinds.items():
+        for k in range(60):
+            scene, _, _ = synth._build("train", "existence", k)
+            objs = [(c, s) for c, s, _ in scene.objects]
+            for q, a in T.extra_questions(scene, random.Random(k), hard):
+                if not q.startswith("Is there"):
+                    continue
+                c, s = q.split()[3:5]
+                assert (a == "Yes") == ((c, s) in objs)
+                if a == "No":
+                    seen.add("colour" if any(c == o[0] for o in objs) else "shape")
+    assert kinds[1.0] == {"colour"} and kinds[0.0] == {"colour", "shape"}
+
+
+def test_hard_no_redraws_the_own_no_question_of_an_existence_image():
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(QWEN)
+    ds = T.TrainStream(proc, length=40, turns=1, round_=("existence",), hard_no=1.0)
+    seen = 0
+    for i in range(1, 12, 2):  # odd items: the No question of each pair
+        scene, _, a0 = synth._build("train", "existence", i)
+        assert a0 == "No"
+        objs = [(c, s) for c, s, _ in scene.objects]
+        text = proc.tokenizer.decode(ds[i]["input_ids"])
+        c, s = text.split("Is there ")[1].split()[1:3]
+        assert (c, s) not in objs and any(c == o[0] for o in objs)
+        seen += 1
+    assert seen == 6
