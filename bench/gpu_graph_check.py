@@ -2,8 +2,9 @@
 
 The CPU tests hold the one-by-one path to a slow full-length reference and run the graph path in emulation
 (everything but the capture). This script closes the gap on a GPU: the test suite's tiny models in float32
-(TF32 off), greedy generation of batch 1 and a padded batch 3 in both kv modes, beam search, two prompts
-of one shape sharing a graph while both caches stay in use, and replays of a captured graph.
+(TF32 off), on every backbone they build (Qwen2-VL, Qwen2.5-VL, LLaVA on Llama, Mistral and Qwen2, plain
+Llama, Qwen2 and Mistral): greedy generation of batch 1 and a padded batch 3 in both kv modes, beam search, two
+prompts of one shape sharing a graph while both caches stay in use, and replays of a captured graph.
 
     python bench/gpu_graph_check.py                    # on the device; exits 1 on a mismatch
     python bench/gpu_graph_check.py --device cpu --emulate   # the same code paths on the CPU
@@ -24,6 +25,9 @@ from dashvl import graphs  # noqa: E402
 from helpers import build, generate, make_inputs  # noqa: E402
 
 ATOL = 1e-4
+# every backbone the CPU tests build: the two model families, LLaVA on other text models, plain decoders
+# (Mistral with its sliding-window cache)
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
 
 
 def compare(model, inputs, kv="drop", **kw) -> dict:
@@ -60,6 +64,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--emulate", action="store_true", help="run the graph path without capture (CPU smoke test)")
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    p.add_argument("--families", default=",".join(FAMILIES),
+                   help="the tests' tiny models to check (default: every backbone the tests build)")
     args = p.parse_args(argv)
     before, graphs.EMULATE = graphs.EMULATE, args.emulate
     try:
@@ -72,7 +78,7 @@ def run_checks(args):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     results = {}
-    for family in ("qwen2_vl", "llava", "llama"):
+    for family in args.families.split(","):
         model, proc = build(family)
         model.to(args.device)
         for batch in (1, 3):
