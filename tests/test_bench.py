@@ -100,12 +100,44 @@ def test_bridge_table_from_eval_runs(tmp_path):
     assert out.read_text() == "the table\n\n" + text + "\n"
 
 
-def test_halted_cells_counts_what_dash_halts():
+def test_halted_cells_counts_what_dash_halts(tmp_path):
     from halted_cells import main
 
-    lines = main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5"])
+    out = tmp_path / "ACCURACY.md"
+    out.write_text("the tables\n")
+    lines = main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5", "--out", str(out)])
     cells = lines[2].strip("|").split("|")
     shares = [float(c.strip().rstrip("%")) for c in cells[2:]]
     assert cells[0].strip() == "qwen2-vl-synth" and all(0 <= v <= 100 for v in shares)
     assert shares[0] > 0  # at ratio 0.5 some image tokens halt
+    text = out.read_text()
+    assert text.startswith("the tables\n\n<!-- cells:start -->") and lines[2] in text
+    assert text.rstrip().endswith("<!-- cells:end -->")
 
+
+def test_accuracy_rewrite_keeps_the_notes_and_the_other_scripts_sections():
+    from accuracy import assemble
+
+    old = ("# old\n\nheader\n\n<!-- notes:start -->\nby hand\n<!-- notes:end -->\n\n| old table |\n\n"
+           "<!-- cells:start -->\ncells\n<!-- cells:end -->\n\n<!-- bridge:start -->\nbridge\n<!-- bridge:end -->\n")
+    new = assemble(["# new", "", "header", "", "| new table |"], old)
+    assert new == ("# new\n\nheader\n\n<!-- notes:start -->\nby hand\n<!-- notes:end -->\n\n| new table |\n\n"
+                   "<!-- cells:start -->\ncells\n<!-- cells:end -->\n\n<!-- bridge:start -->\nbridge\n<!-- bridge:end -->\n")
+    assert assemble(["# new", "", "header", "", "| t |"], "") == "# new\n\nheader\n\n| t |\n"
+
+
+
+def test_gpu_split_check_runs_on_cpu_in_emulation(tmp_path):
+    from gpu_split_check import main, split_map
+
+    from dashvl import graphs
+    from helpers import build
+
+    model, _ = build("llama")
+    dm = split_map(model, ["a", "b"])
+    assert dm["model.layers.1.self_attn.q_proj"] == "a" and dm["model.layers.2.mlp.up_proj"] == "b"
+    assert dm["model.embed_tokens"] == "a" and dm["lm_head"] == "a" and set(dm.values()) == {"a", "b"}
+    main(["--devices", "cpu,cpu", "--emulate", "--families", "llama", "--out", str(tmp_path)])  # exits 1 on a mismatch
+    assert graphs.EMULATE is False
+    data = json.loads((tmp_path / "gpu_split_check.json").read_text())
+    assert data["results"]["split llama batch 3"]["ok"]
