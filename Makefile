@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cli bench-cpu browser clean
+.PHONY: test demo demo-cli bench-cpu accuracy browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo-cli: $(STAMP)
 
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_prefill.py
+
+# bench/ACCURACY.md's tables: the bundled models per family with DASH, random and vision halting (~50 min, CPU)
+accuracy: $(STAMP)
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/halted_cells.py
+	$(BIN)/python bench/accuracy_bridge.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

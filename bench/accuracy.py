@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import dashvl  # noqa: E402
 from dashvl import synth  # noqa: E402
 from accuracy_bridge import marked  # noqa: E402  (bench/accuracy_bridge.py's section stays)
+from halted_cells import CELLS  # noqa: E402  (and bench/halted_cells.py's)
 from train_synth import evaluate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,6 +31,16 @@ NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")  # what the numbers show,
 
 
 GROUPS = ("llm", "vision", "both")
+
+
+def assemble(lines: list[str], old: str) -> str:
+    """The new file from this run's ``lines`` (a 4-line header first) and the ``old`` file's sections that other
+    hands write: the notes (after the header), bench/halted_cells.py's and bench/accuracy_bridge.py's (at the end)."""
+    notes, cells, bridge = (old[slice(*where)] if where else None
+                            for where in (marked(old, *NOTES), marked(old, *CELLS), marked(old)))
+    head, rest = lines[:4], lines[4:]
+    return "\n".join(head + ([notes, ""] if notes else []) + rest) + "\n" + \
+        "".join(f"\n{part}\n" for part in (cells, bridge) if part)
 
 
 def settings(ratios, layer, vision_ratios=(), vision_layer=1, combined_ratio=0.5, groups=("llm",)):
@@ -87,7 +98,7 @@ def picture(model, processor, path, ratio, layer):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="qwen2-vl-synth,llava-synth")
-    p.add_argument("--per-family", type=int, default=50)
+    p.add_argument("--per-family", type=int, default=40)
     p.add_argument("--ratios", default="0.25,0.5,0.75,0.9")
     p.add_argument("--layer", type=int, default=1, help="activation layer (the bundled models have 4 layers)")
     p.add_argument("--vision-ratios", default="0.5,0.75", help="vision_ratio of the vision-tower rows")
@@ -108,6 +119,8 @@ def main(argv=None):
     rows_of = settings(ratios, args.layer, vision_ratios, args.vision_layer, args.combined_ratio, groups)
     start = time.time()
     lines = ["# Accuracy of the bundled models with DASH", "",
+             "`make accuracy` regenerates every table of this file (this one, then `python bench/halted_cells.py` "
+             "and `python bench/accuracy_bridge.py`; about 50 minutes on 2 CPU cores). "
              f"`python bench/accuracy.py --per-family {args.per_family} --ratios {args.ratios} --layer {args.layer} "
              f"--vision-ratios {args.vision_ratios} --vision-layer {args.vision_layer} --combined-ratio "
              f"{args.combined_ratio:g} --groups {','.join(groups)}` "
@@ -139,13 +152,9 @@ def main(argv=None):
                       f"{name}, question {question!r}, ratio 0.75 after layer {args.layer}: left, the image "
                       "tokens halted (red); right, Δ at the activation layer.", ""]
     lines.append(f"Run time: {(time.time() - start) / 60:.1f} min.")
-    # the hand-written notes (after the header) and bench/accuracy_bridge.py's section (at the end) stay
     old = open(args.out).read() if os.path.exists(args.out) else ""
-    notes, bridge = (old[slice(*where)] if where else None for where in (marked(old, *NOTES), marked(old)))
-    if notes:
-        lines[4:4] = [notes, ""]
     with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n" + (f"\n{bridge}\n" if bridge else ""))
+        f.write(assemble(lines, old))
     print("\n".join(lines))
 
 

@@ -68,9 +68,11 @@ def marked(text: str, start: str = START, end: str = END) -> tuple[int, int] | N
     return None
 
 
-def write_section(path: str, text: str) -> None:
+def write_section(path: str, text: str, start: str = START, end: str = END) -> None:
+    """Put ``text`` (markers included) in place of the section between ``start`` and ``end`` of the file at
+    ``path``, or at its end."""
     old = open(path).read() if os.path.exists(path) else ""
-    where = marked(old)
+    where = marked(old, start, end)
     if where:
         new = old[:where[0]] + text + old[where[1]:]
     else:

@@ -5,7 +5,8 @@
 For each question: one prefill under ``dashvl.compress(ratio, layer)``; the image tokens' cells are labelled
 object (a shape or a word lies under the cell, ``train_synth.cell_labels``) or background. Prints, per model
 and ratio: the share of halted tokens that are image tokens, and the share of object and of background cells
-that halt. bench/ACCURACY.md's notes quote it.
+that halt; writes that table between the ``cells`` markers of bench/ACCURACY.md (``--out ''``: print only), which
+``bench/accuracy.py`` keeps when it rewrites the file. The notes there quote it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dashvl  # noqa: E402
 from dashvl import synth  # noqa: E402
+from accuracy_bridge import write_section  # noqa: E402
 from train_synth import cell_labels, prompt_for  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CELLS = ("<!-- cells:start -->", "<!-- cells:end -->")
 
 
 @torch.no_grad()
@@ -53,6 +58,7 @@ def main(argv=None):
     p.add_argument("--per-family", type=int, default=8)
     p.add_argument("--ratios", default="0.25,0.5")
     p.add_argument("--layer", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(HERE, "ACCURACY.md"), help="'' to print the table only")
     args = p.parse_args(argv)
     lines = ["| model | ratio | halted tokens that are image tokens | object cells halted | background cells halted |",
              "|---|---|---|---|---|"]
@@ -63,6 +69,10 @@ def main(argv=None):
             lines.append(f"| {name} | {ratio:g} | {100 * s['image_share']:.0f}% | {100 * s['object_rate']:.0f}% | "
                          f"{100 * s['background_rate']:.0f}% |")
     print("\n".join(lines))
+    if args.out:
+        intro = (f"Which tokens DASH halts (`python bench/halted_cells.py`: {args.per_family} test questions per "
+                 f"family, layer {args.layer}; \"object\" cells have a shape or a word under them):")
+        write_section(args.out, "\n".join([CELLS[0], intro, "", *lines, CELLS[1]]), *CELLS)
     return lines
 
 
