@@ -33,7 +33,7 @@ demo-cli: $(STAMP)
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_prefill.py
 
-# bench/ACCURACY.md's tables: the bundled models per family with DASH, random and vision halting (~50 min, CPU)
+# bench/ACCURACY.md's tables: the bundled models per family with DASH, random and vision halting (~1 hour, CPU)
 accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/halted_cells.py

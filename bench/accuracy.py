@@ -120,7 +120,7 @@ def main(argv=None):
     start = time.time()
     lines = ["# Accuracy of the bundled models with DASH", "",
              "`make accuracy` regenerates every table of this file (this one, then `python bench/halted_cells.py` "
-             "and `python bench/accuracy_bridge.py`; about 50 minutes on 2 CPU cores). "
+             "and `python bench/accuracy_bridge.py`; about an hour on 2 CPU cores). "
              f"`python bench/accuracy.py --per-family {args.per_family} --ratios {args.ratios} --layer {args.layer} "
              f"--vision-ratios {args.vision_ratios} --vision-layer {args.vision_layer} --combined-ratio "
              f"{args.combined_ratio:g} --groups {','.join(groups)}` "
