@@ -141,3 +141,17 @@ def test_gpu_split_check_runs_on_cpu_in_emulation(tmp_path):
     assert graphs.EMULATE is False
     data = json.loads((tmp_path / "gpu_split_check.json").read_text())
     assert data["results"]["split llama batch 3"]["ok"]
+
+
+def test_existence_errors_sorts_questions_by_what_the_image_holds():
+    from existence_errors import KINDS, kind_of, main
+
+    drawn = [("red", "circle"), ("blue", "square")]
+    assert kind_of(drawn, "Is there a red circle in the image?", "Yes") == "Yes"
+    assert kind_of(drawn, "Is there a red square in the image?", "No") == "No, both drawn"
+    assert kind_of(drawn, "Is there a red star in the image?", "No") == "No, colour drawn"
+    assert kind_of(drawn, "Is there a green circle in the image?", "No") == "No, shape drawn"
+    lines = main(["--model", "llava-synth", "--n", "6"])
+    rows = {line.split("|")[1].strip(): [int(x) for x in line.split("|")[2:4]] for line in lines[4:]}
+    assert set(rows) == {*KINDS, "all"} and rows["all"][1] == 6 and rows["Yes"][1] == 3
+    assert sum(rows[k][1] for k in KINDS) == 6 and all(ok <= n for ok, n in rows.values())
