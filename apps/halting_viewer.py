@@ -30,12 +30,13 @@ __all__ = ["build_demo", "launch", "main", "Viewer", "Request", "InputError", "V
 log = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
-# (file under EXAMPLES_DIR, prompt): the example gallery
+# (file under EXAMPLES_DIR, prompt): the example gallery, test samples of the bundled models' suite that both of
+# them answer right unmodified (written by `python -m apps.make_examples`)
 EXAMPLES = (
-    ("shapes.png", "what colour is the square?"),
-    ("sign.png", "read the sign"),
-    ("house.png", "describe the picture"),
-    ("blocks.png", "how many shapes are there in this image?"),
+    ("colour-0.png", "What colour is the square?"),
+    ("reading-3.png", "What word is written in the image?"),
+    ("count-2.png", "How many shapes are in the image?"),
+    ("existence-0.png", "Is there a red triangle in the image?"),
 )
 MAX_IMAGES = 4
 MAX_PROMPT_CHARS = 2000

@@ -1,7 +1,8 @@
 """The halting viewer: in process, through gradio_client against a launched server, and in a real browser.
 
 The browser test needs Debian's chromium and chromium-driver; it skips only where /usr/bin/chromium is
-absent. ``DASHVL_SCREENSHOT=1`` makes it save docs/halting_viewer.png (tests write nothing by default).
+absent. ``DASHVL_SCREENSHOT=1 pytest tests/test_app.py -k browser`` makes it save docs/halting_viewer.png, with the
+bundled qwen2-vl-synth serving instead of the tiny random model (tests write nothing by default).
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def viewer(qwen):
 
 @pytest.fixture(scope="module")
 def server(qwen):
-    demo = hv.build_demo(*qwen, model_name="tiny-random-qwen2-vl")
+    name = "qwen2-vl-synth" if os.environ.get("DASHVL_SCREENSHOT") else "tiny-random-qwen2-vl"
+    demo = hv.build_demo(*(dashvl.load_model(name) if os.environ.get("DASHVL_SCREENSHOT") else qwen), model_name=name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -66,12 +68,22 @@ def _predict(client, files, prompt, ratio=0.5, layer=1, kv="drop", scope="all", 
 # ----------------------------------------------------------------- in process
 
 
-def test_examples_are_small_pngs():
+def test_examples_are_the_suites_test_samples():
+    """Each gallery entry is synth's test sample it is named after (family-k.png), pixel for pixel, with its
+    question, as apps/make_examples.py writes them."""
+    import numpy as np
+
+    from apps.make_examples import MAX_BYTES
+    from dashvl import synth
+
     assert 3 <= len(hv.EXAMPLES) <= 4
     for name, prompt in hv.EXAMPLES:
         path = hv.EXAMPLES_DIR / name
-        assert path.stat().st_size < 50_000 and prompt
-        assert Image.open(path).format == "PNG"
+        family, k = path.stem.rsplit("-", 1)
+        sample = synth.make_sample("test", family, int(k))
+        assert path.stat().st_size < MAX_BYTES and prompt == sample.question
+        image = Image.open(path)
+        assert image.format == "PNG" and np.array_equal(np.asarray(image.convert("RGB")), np.asarray(sample.image))
 
 
 def test_build_demo_in_process(qwen):
@@ -294,13 +306,15 @@ def test_browser_runs_an_example(server, tmp_path):
         value = lambda css: driver.find_element(By.CSS_SELECTOR, css).get_attribute("value")  # noqa: E731
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item"))[0].click()
         wait.until(lambda d: value("#prompt textarea") == hv.EXAMPLES[0][1])
-        wait.until(lambda d: "shapes" in d.find_element(By.ID, "images").text)  # name and ".png" in two elements
+        stem = Path(hv.EXAMPLES[0][0]).stem  # the file's name and ".png" are in two elements
+        wait.until(lambda d: stem in d.find_element(By.ID, "images").text)
         driver.find_element(By.CSS_SELECTOR, "#run").click()
         wait.until(lambda d: value("#dash textarea") and value("#plain textarea"))
         assert value("#status textarea").startswith("done: 1 image(s)"), value("#status textarea")
         overlay = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlays img"))[0]
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
-        assert driver.execute_script("return arguments[0].naturalWidth", overlay) == hv.RENDER_SIDE
+        side = "return Math.max(arguments[0].naturalWidth, arguments[0].naturalHeight)"
+        assert driver.execute_script(side, overlay) == hv.RENDER_SIDE  # the long side
         assert driver.find_elements(By.CSS_SELECTOR, "#heatmaps img") and driver.find_elements(By.CSS_SELECTOR, "#plot img")
         if os.environ.get("DASHVL_SCREENSHOT"):
             (ROOT / "docs").mkdir(exist_ok=True)
