@@ -4,9 +4,10 @@ The CPU tests hold the one-by-one path to a slow full-length reference and run t
 (everything but the capture). This script closes the gap on a GPU: the test suite's tiny models in float32
 (TF32 off), on every backbone they build (Qwen2-VL, Qwen2.5-VL, LLaVA on Llama, Mistral and Qwen2, plain
 Llama, Qwen2 and Mistral): greedy generation of batch 1 and a padded batch 3 in both kv modes, beam search, two
-prompts of one shape sharing a graph while both caches stay in use, and replays of a captured graph.
+prompts of one shape sharing a graph while both caches stay in use, and replays of a captured graph. With
+``--bundled N``, also the two bundled models answering N test questions per family both ways.
 
-    python bench/gpu_graph_check.py                    # on the device; exits 1 on a mismatch
+    python bench/gpu_graph_check.py --bundled 100      # on the device; exits 1 on a mismatch
     python bench/gpu_graph_check.py --device cpu --emulate   # the same code paths on the CPU
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
 import dashvl  # noqa: E402
 from dashvl import graphs  # noqa: E402
 from helpers import build, generate, make_inputs  # noqa: E402
@@ -59,11 +61,38 @@ def two_caches(model, proc, device) -> dict:
     return dict(max_logit_diff=diff, ok=diff < ATOL)
 
 
+def bundled(name: str, per_family: int, device: str) -> dict:
+    """A bundled model (float32) answering ``per_family`` test questions per family under DASH (ratio 0.5, layer 1),
+    the halted layers as a graph against one by one, in both kv modes: the same answers."""
+    from train_synth import evaluate
+
+    model, processor = dashvl.load_model(name, device=device, dtype=torch.float32)
+    out = {}
+    for kv in ("drop", "keep"):
+        runs = {}
+        for graph in (False, None):
+            with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=graph) as h:
+                # batches of 4: LLaVA's 576 image tokens at ratio 0.5 fit the graph path's slot limit 4 at a time
+                runs[graph] = evaluate(model, processor, per_family, batch=4, workers=0, device=device,
+                                       log=lambda *a: None, every_answer=True)
+                captures = h._graphs.captures if h._graphs else 0
+        answers = [[e["generated"] for e in runs[g]["examples"]] for g in (False, None)]
+        acc = {g: round(100 * sum(runs[g]["accuracy"].values()) / len(runs[g]["accuracy"]), 1) for g in runs}
+        assert len(answers[0]) == 6 * per_family
+        out[kv] = dict(same_answers=answers[0] == answers[1],
+                       mean_accuracy_graph=acc[None], mean_accuracy_one_by_one=acc[False], captures=captures)
+    out["ok"] = all(r["same_answers"] and r["captures"] >= 1 for r in (out["drop"], out["keep"]))
+    dashvl.release_graphs(model)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--emulate", action="store_true", help="run the graph path without capture (CPU smoke test)")
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    p.add_argument("--bundled", type=int, default=0, metavar="N",
+                   help="also the bundled models on N test questions per family (graph vs one by one: same answers)")
     p.add_argument("--families", default=",".join(FAMILIES),
                    help="the tests' tiny models to check (default: every backbone the tests build)")
     args = p.parse_args(argv)
@@ -91,6 +120,8 @@ def run_checks(args):
             results["llama two caches, one graph"] = two_caches(model, proc, args.device)
         model.to("cpu")
         dashvl.release_graphs(model)
+    for name in ("qwen2-vl-synth", "llava-synth") if args.bundled else ():
+        results[f"bundled {name}, {args.bundled} per family"] = bundled(name, args.bundled, args.device)
     for name, r in results.items():
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {name}: " + ", ".join(f"{k}={v}" for k, v in r.items() if k != "ok"))
     with open(os.path.join(args.out, "gpu_graph_check.json"), "w") as f:

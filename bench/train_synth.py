@@ -470,8 +470,9 @@ def _worker_init(_):
 
 @torch.no_grad()
 def evaluate(model, processor, per_family: int, batch: int = 250, workers: int = 4, device: str = "cpu",
-             log=print) -> dict:
-    """Greedy answers to ``per_family`` test questions of every family: accuracy per family and examples."""
+             log=print, every_answer: bool = False) -> dict:
+    """Greedy answers to ``per_family`` test questions of every family: accuracy per family and examples (the first
+    24 and up to 36 wrong ones; with ``every_answer``, all)."""
     samples_ds = _TestSamples(per_family)
     loader = torch.utils.data.DataLoader(samples_ds, batch_size=batch, num_workers=workers, collate_fn=list,
                                          worker_init_fn=_worker_init)
@@ -488,7 +489,7 @@ def evaluate(model, processor, per_family: int, batch: int = 250, workers: int =
             ok = synth.is_correct(t, s.answers)
             correct[s.family] += ok
             total[s.family] += 1
-            if len(examples) < 24 or not ok and len(examples) < 60:
+            if every_answer or len(examples) < 24 or not ok and len(examples) < 60:
                 examples.append({"id": s.id, "question": s.question, "answer": s.answer, "generated": t, "ok": ok})
     acc = {f: correct[f] / total[f] for f in synth.FAMILIES}
     log("accuracy " + json.dumps({f: round(a, 4) for f, a in acc.items()}))
