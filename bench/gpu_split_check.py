@@ -102,7 +102,8 @@ def split_check(family: str, model, inputs, devices) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--devices", default="cuda:0,cuda:1", help="the two devices of the split (the first: everything else)")
+    p.add_argument("--devices", default="cuda:0,cuda:1",
+                   help="the two devices of the split (the first also holds everything but the upper layers)")
     p.add_argument("--emulate", action="store_true", help="graph path without capture (a CPU smoke test)")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))

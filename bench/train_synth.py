@@ -38,8 +38,9 @@ them, stage 4 took reading from 3% to 99% (Qwen2-VL) and 74% (LLaVA) in 7.8 minu
 
 Why llava-synth's existence sat at 76% for three stages: it answered from the colour alone
 (``bench/existence_errors.py``: Yes to 98 of 99 test No questions whose colour was drawn, No to all 101 whose colour
-was not; about half of the suite's No questions are of each kind, hence 75%). ``--hard-no`` draws training No questions that share the drawn object's
-colour more often, so that only the shape answers them; stage 6 (``--hard-no 0.7``) took existence to 97%.
+was not; about half of the suite's No questions are of each kind, hence 75%). ``--hard-no`` draws training No
+questions that share the drawn object's colour more often, so that only the shape answers them; stage 6
+(``--hard-no 0.7``) took existence to 97%.
 
 Qwen2-VL trains with the vision attention packed into one call per layer (``packed_vision_sdpa``, registered for
 the vision tower only and never saved) and the M-RoPE / vision rotary indices computed by the data workers, instead
@@ -669,8 +670,8 @@ def train(name: str, args, log=print) -> dict:
             stats += torch.stack([((parts[2].argmax(-1) == cells[:, 2]) & word_cell).sum(), word_cell.sum(),
                                   ((parts[3].argmax(-1) == cells[:, 3]) & lm).sum(), lm.sum(),
                                   ((pooled_logits.argmax(-1) == word_target) & has_word).sum(), has_word.sum(),
-                                  ((parts[0].argmax(-1) == cells[:, 0]) & (cells[:, 0] > 0)).sum(), (cells[:, 0] > 0).sum(),
-                                  ((parts[1].argmax(-1) == cells[:, 1]) & (cells[:, 1] > 0)).sum(), (cells[:, 1] > 0).sum(),
+                                  *(x for j in (0, 1) for x in (((parts[j].argmax(-1) == cells[:, j])
+                                                                 & (cells[:, j] > 0)).sum(), (cells[:, j] > 0).sum()))
                                   ]).float()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
