@@ -14,7 +14,6 @@ Kinds: ``Yes``; ``No, colour drawn`` (on other shapes only); ``No, shape drawn``
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
 
@@ -42,16 +41,15 @@ def breakdown(model, processor, n: int, batch: int = 100) -> dict:
     """{kind: [correct, total]} over the first ``n`` test existence questions."""
     out = {k: [0, 0] for k in KINDS}
     for start in range(0, n, batch):
-        ks = range(start, min(n, start + batch))
-        samples = [synth.make_sample("test", "existence", k) for k in ks]
-        enc = processor(text=[prompt_for(processor, s.question) for s in samples], images=[s.image for s in samples],
+        # the scene (what make_sample draws, with what is on it): drawn once per question
+        built = [synth._build("test", "existence", k) for k in range(start, min(n, start + batch))]
+        enc = processor(text=[prompt_for(processor, q) for _, q, _ in built], images=[sc.img for sc, _, _ in built],
                         return_tensors="pt", padding=True).to(model.device)
         gen = model.generate(**enc, max_new_tokens=3, do_sample=False)
         texts = processor.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for k, s, t in zip(ks, samples, texts):
-            scene, _, _ = synth._build("test", "existence", k)
-            kind = kind_of([(c, sh) for c, sh, _ in scene.objects], s.question, s.answer)
-            out[kind][0] += synth.is_correct(t, s.answers)
+        for (scene, question, answer), t in zip(built, texts):
+            kind = kind_of([(c, sh) for c, sh, _ in scene.objects], question, answer)
+            out[kind][0] += synth.is_correct(t, (answer,))
             out[kind][1] += 1
     return out
 

@@ -122,14 +122,19 @@ def run_checks(args):
         dashvl.release_graphs(model)
     for name in ("qwen2-vl-synth", "llava-synth") if args.bundled else ():
         results[f"bundled {name}, {args.bundled} per family"] = bundled(name, args.bundled, args.device)
+    if not report(results, os.path.join(args.out, "gpu_graph_check.json"), emulate=args.emulate):
+        sys.exit(1)
+
+
+def report(results: dict, path: str, **meta) -> bool:
+    """One line per check, and the checks with the machine and versions as JSON at ``path``; True if all passed."""
     for name, r in results.items():
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {name}: " + ", ".join(f"{k}={v}" for k, v in r.items() if k != "ok"))
-    with open(os.path.join(args.out, "gpu_graph_check.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-                       torch=torch.__version__, transformers=__import__("transformers").__version__,
-                       emulate=args.emulate, results=results), f, indent=1)
-    if not all(r["ok"] for r in results.values()):
-        sys.exit(1)
+    with open(path, "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                       cuda_devices=torch.cuda.device_count(), torch=torch.__version__,
+                       transformers=__import__("transformers").__version__, **meta, results=results), f, indent=1)
+    return all(r["ok"] for r in results.values())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import dashvl  # noqa: E402
 from dashvl import graphs  # noqa: E402
+from gpu_graph_check import report  # noqa: E402
 from helpers import build, generate, layers_of, make_inputs  # noqa: E402
 
 ATOL = 1e-4
@@ -68,7 +68,7 @@ def split_map(model, devices) -> dict:
     return out
 
 
-def split_check(family: str, model, inputs, devices) -> dict:
+def split_check(model, inputs, devices) -> dict:
     """``model`` is on devices[0]; a copy is split over both."""
     from accelerate import dispatch_model
 
@@ -119,27 +119,19 @@ def main(argv=None):
             model, _ = build(family)
             model.to(devices[0])
             inputs = {k: v.to(devices[0]) for k, v in make_inputs(family, 3).items()}
-            if devices[0].startswith("cuda") or args.emulate:  # offloading needs CUDA; emulation runs it plain
+            if devices[0].startswith("cuda"):  # an offloading cache needs CUDA
                 for kv in ("drop", "keep"):
-                    if devices[0].startswith("cuda"):
-                        results[f"offload {family} batch 3 {kv}"] = offload_check(model, inputs, kv)
+                    results[f"offload {family} batch 3 {kv}"] = offload_check(model, inputs, kv)
             if two or args.emulate:
-                results[f"split {family} batch 3"] = split_check(family, model, inputs, devices)
+                results[f"split {family} batch 3"] = split_check(model, inputs, devices)
             model.to("cpu")
             dashvl.release_graphs(model)
     finally:
         graphs.EMULATE = before
-    for name, r in results.items():
-        print(f"{'ok  ' if r['ok'] else 'FAIL'} {name}: " + ", ".join(f"{k}={v}" for k, v in r.items() if k != "ok"))
     if not two:
         print(f"note: no split check across devices ({devices}; {torch.cuda.device_count()} CUDA devices)")
-    with open(os.path.join(args.out, "gpu_split_check.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                       cuda_devices=torch.cuda.device_count(), torch=torch.__version__,
-                       transformers=__import__("transformers").__version__,
-                       accelerate=__import__("accelerate").__version__, emulate=args.emulate, results=results),
-                  f, indent=1)
-    if not all(r["ok"] for r in results.values()):
+    if not report(results, os.path.join(args.out, "gpu_split_check.json"),
+                  accelerate=__import__("accelerate").__version__, emulate=args.emulate):
         sys.exit(1)
 
 

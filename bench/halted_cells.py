@@ -31,10 +31,8 @@ def shares(model, processor, per_family: int, ratio: float, layer: int) -> dict:
     halted_image = halted_all = obj_halted = obj_all = bg_halted = bg_all = 0
     for family in synth.FAMILIES:
         for k in range(per_family):
-            sample = synth.make_sample("test", family, k)
-            scene, _, _ = synth._build("test", family, k)
-            inputs = processor(text=[prompt_for(processor, sample.question)], images=[sample.image],
-                               return_tensors="pt")
+            scene, question, _ = synth._build("test", family, k)  # make_sample's image and question, drawn once
+            inputs = processor(text=[prompt_for(processor, question)], images=[scene.img], return_tensors="pt")
             with dashvl.compress(model, ratio=ratio, layer=layer) as h:
                 model(**inputs)
                 trace = h.trace
