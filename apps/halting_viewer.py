@@ -24,6 +24,7 @@ from dashvl.baselines import downsample
 from dashvl import viz
 from dashvl.adapters import adapter_for
 from dashvl.config import KV_MODES, METHODS, SCOPES
+from dashvl.models import chat_prompt
 
 __all__ = ["build_demo", "launch", "main", "Viewer", "Request", "InputError", "ViewerResult", "EXAMPLES"]
 
@@ -176,8 +177,7 @@ class Viewer:
     @torch.inference_mode()
     def answer(self, request: Request, images: list[Image.Image]):
         """Generate without and with DASH (or downsampling): ``(plain Run, dash Run, trace, input_ids)``."""
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": request.prompt}]
-        text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        text = chat_prompt(self.processor, request.prompt, images=len(images))
 
         def encode(process):
             try:

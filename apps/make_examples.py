@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dashvl import synth
-from dashvl.models import load_model
+from dashvl.models import chat_prompt, load_model
 
 FAMILIES = ("colour", "reading", "count", "existence")
 # what makes a sample worth showing beyond being right: more than one or two shapes to count
@@ -30,14 +30,9 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def _prompt(processor, question: str) -> str:
-    content = [{"type": "image"}, {"type": "text", "text": question}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-
-
 @torch.no_grad()
 def answer(model, processor, sample) -> str:
-    enc = processor(text=[_prompt(processor, sample.question)], images=[sample.image], return_tensors="pt")
+    enc = processor(text=[chat_prompt(processor, sample.question)], images=[sample.image], return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=6, do_sample=False)
     return processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)[0]
 

@@ -68,6 +68,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dashvl import synth  # noqa: E402
+from dashvl.models import chat_prompt  # noqa: E402
 from dashvl.tiny import LLAVA_SPECIALS, QWEN_SPECIALS, byte_level_bpe  # noqa: E402
 
 NAMES = ("qwen2-vl-synth", "llava-synth")
@@ -221,8 +222,7 @@ BUILDERS = {"qwen2-vl-synth": build_qwen2_vl_synth, "llava-synth": build_llava_s
 # --- data ----------------------------------------------------------------------------------------------------
 
 def prompt_for(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return chat_prompt(processor, question)
 
 
 def answer_ids(processor, answer: str) -> list[int]:

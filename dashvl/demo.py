@@ -12,6 +12,7 @@ import time
 import torch
 
 import dashvl
+from dashvl.models import chat_prompt
 
 
 def _load(args):
@@ -57,8 +58,7 @@ def main(argv=None):
     config = dashvl.DashConfig(ratio=args.ratio, layer=layer, kv=args.kv)  # validates before loading
 
     model, processor, name = _load(args)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.prompt}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    text = chat_prompt(processor, args.prompt)
     inputs = processor(text=[text], images=[_image(args.image)], return_tensors="pt").to(model.device)
     T = inputs["input_ids"].shape[1]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_model", "BUNDLED", "DEFAULT_MODEL", "TINY_RANDOM"]
+__all__ = ["load_model", "chat_prompt", "BUNDLED", "DEFAULT_MODEL", "TINY_RANDOM"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
@@ -61,3 +61,9 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
         raise OSError(f"could not load {name!r}: not a bundled name ({', '.join(BUNDLED)}), a local model folder, "
                       f"or a reachable hub id ({err})") from err
     return model.to(device).eval(), processor
+
+
+def chat_prompt(processor, question: str, images: int = 1) -> str:
+    """The model's chat template for one user turn: ``images`` images, then ``question``; ready to generate."""
+    content = [{"type": "image"} for _ in range(images)] + [{"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
