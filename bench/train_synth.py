@@ -821,6 +821,10 @@ def main(argv=None):
     ap.add_argument("--pack", action="store_true", help="also write OUT/<name>.safetensors and OUT/<name>.tar")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if not 0 <= args.hard_no <= 1:
+        ap.error(f"--hard-no is a probability in [0, 1]; got {args.hard_no}")
+    if args.aux_shape < 0:
+        ap.error(f"--aux-shape is a loss weight >= 0; got {args.aux_shape}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
 
     def log(msg):

@@ -109,3 +109,21 @@ def test_hard_no_redraws_the_own_no_question_of_an_existence_image():
         assert (c, s) not in objs and any(c == o[0] for o in objs)
         seen += 1
     assert seen == 6
+
+
+@pytest.mark.parametrize("flag, value, message", [("--hard-no", "1.5", r"--hard-no is a probability in \[0, 1\]"),
+                                                  ("--aux-shape", "-1", r"--aux-shape is a loss weight >= 0")])
+def test_training_flags_out_of_range_are_refused(tmp_path, capsys, flag, value, message):
+    import re
+
+    with pytest.raises(SystemExit):
+        T.main(["--model", "llava-synth", "--tiny", "--steps", "1", "--out", str(tmp_path), flag, value])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_existence_errors_refuses_no_questions(capsys):
+    from existence_errors import main  # bench/ is on the path (above)
+
+    with pytest.raises(SystemExit):
+        main(["--n", "0"])
+    assert "--n must be a positive number of questions; got 0" in capsys.readouterr().err
