@@ -28,16 +28,17 @@ demo: $(STAMP)
 	$(BIN)/python -m apps.halting_viewer
 
 demo-cli: $(STAMP)
-	$(BIN)/python -m dashvl.demo
+	$(BIN)/python -m apps.terminal_demo
 
 bench-cpu: $(STAMP)
-	$(BIN)/python bench/cpu_prefill.py
+	$(BIN)/python -m bench.cpu_prefill
 
-# bench/ACCURACY.md's tables: the bundled models per family with DASH, random and vision halting (~1 hour, CPU)
+# synthvqa/reports/ACCURACY.md's tables: the bundled models per family with DASH, random and vision halting
+# (~1 hour, CPU); the bridge's raw runs land in synthvqa/reports/runs/ (ignored), its curated table in results/
 accuracy: $(STAMP)
-	$(BIN)/python bench/accuracy.py
-	$(BIN)/python bench/halted_cells.py
-	$(BIN)/python bench/accuracy_bridge.py
+	$(BIN)/python -m synthvqa.reports.accuracy
+	$(BIN)/python -m synthvqa.reports.halted_cells
+	$(BIN)/python -m synthvqa.reports.accuracy_bridge
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -3,7 +3,7 @@
     python -m apps.make_examples        # writes assets/examples/<family>-<k>.png and prints the EXAMPLES entries
 
 The bundled models answer only the suite's kind of question about the suite's kind of picture, so the gallery
-shows test-split samples (``dashvl.synth.make_sample("test", family, k)``): per family, the first ``k`` whose PNG is
+shows test-split samples (``synthvqa.suite.make_sample("test", family, k)``): per family, the first ``k`` whose PNG is
 under ``MAX_BYTES`` (and, for count, with 3 shapes or more) and which both bundled models answer right unmodified (greedy, CPU). Whether DASH keeps the
 answer is left to the viewer to show. A real Qwen2-VL or LLaVA answers these questions too.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dashvl import synth
+from synthvqa import suite as synth
 from dashvl.models import chat_prompt, load_model
 
 FAMILIES = ("colour", "reading", "count", "existence")

@@ -4,8 +4,8 @@ One call builds the model (random bf16 weights: speed does not depend on their v
 (ratio 0 bitwise; kv="drop" runs on SDPA's flash kernel alone) and times every setting, round-robin,
 median of --reps after warm-up, with CUDA events. Run through the device tool, e.g.
 
-    python bench/gpu_prefill.py --model qwen2-vl-7b --mode llm --tokens 1088,4160,16448
-    python bench/gpu_prefill.py --model qwen2-vl-7b --mode e2e --tokens 1024,4096,16384
+    python -m bench.gpu_prefill --model qwen2-vl-7b --mode llm --tokens 1088,4160,16448
+    python -m bench.gpu_prefill --model qwen2-vl-7b --mode e2e --tokens 1024,4096,16384
 
 --mode llm: text tokens only, the language model's prefill (batch 1, DynamicCache, logits_to_keep=1 as
   generate() runs it). Also times Δ scoring + selection alone against the prefill.
@@ -24,10 +24,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import dashvl  # noqa: E402
-from common import _timed, build_model, markdown, time_settings, visual_inputs  # noqa: E402
-from dashvl import policy  # noqa: E402
+import dashvl
+from bench.common import _timed, build_model, markdown, time_settings, visual_inputs
+from dashvl import policy
 
 
 def main(argv=None, **defaults):
@@ -67,7 +66,7 @@ def main(argv=None, **defaults):
     info = dict(device=device_name, torch=torch.__version__, transformers=__import__("transformers").__version__,
                 python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
                 command="python " + " ".join(sys.argv) if argv is None else
-                "python bench/gpu_prefill.py " + " ".join(argv))
+                "python -m bench.gpu_prefill " + " ".join(argv))
     print(info, flush=True)
     layers = [float(x) if "." in x else int(x) for x in args.layers.split(",")]
     settings = [dict(method=m, ratio=float(r), layer=l, kv=kv, scope="all")

@@ -1,6 +1,6 @@
 """Speedup against ratio, measured next to the FLOPs limit, from the JSON files in bench/results/.
 
-    python bench/plot_results.py     # writes bench/speedup_vs_ratio.png and bench/speedup_grid.png
+    python -m bench.plot_results     # writes bench/speedup_vs_ratio.png and bench/speedup_grid.png
 """
 import json
 import os
@@ -33,7 +33,7 @@ def series(path, kv="drop", layer="2", key="rows", graph=True, tokens=None):
 
 def main():
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), sharey=True)
-    s2 = os.path.join(HERE, "results", "session2")
+    s2 = os.path.join(HERE, "results")
     # LLM prefill on the default path (halted layers replayed as a CUDA graph up to 1,536 active slots)
     ax = axes[0]
     for i, (tokens, pts) in enumerate(series(os.path.join(s2, "prefill_qwen2-vl-7b_llm_cuda_sdpa_default.json")).items()):
@@ -75,7 +75,7 @@ def main():
 
 def grid():
     """Session 3's grid (issue 6): both models, drop / keep × layer 2 / 0.4·L, SDPA, every length."""
-    s3 = os.path.join(HERE, "results", "session3")
+    s3 = os.path.join(HERE, "results")
     models = (("Qwen2-VL-7B", "qwen2-vl-7b"), ("LLaVA-1.5-7B", "llava-1.5-7b"))
     panels = [(kv, layer) for layer in ("2", "0.4") for kv in ("drop", "keep")]
     fig, axes = plt.subplots(2, 4, figsize=(18, 8), sharey="row")

@@ -7,7 +7,7 @@ points; a layer's GPU time can end after its host time when the GPU runs behind)
 above l_s are one row. Then torch.profiler totals per variant: host time in torch ops, GPU kernel time
 and the number of kernel launches.
 
-    python bench/profile_prefill.py --model qwen2-vl-7b --tokens 1088 --ratio 0.75 --layer 2
+    python -m bench.profile_prefill --model qwen2-vl-7b --tokens 1088 --ratio 0.75 --layer 2
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import dashvl  # noqa: E402
-from common import build_model, visual_inputs  # noqa: E402
+import dashvl
+from bench.common import build_model, visual_inputs
 
 
 class LayerClock:

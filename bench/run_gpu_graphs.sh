@@ -12,7 +12,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp}
-B="timeout 170 python3 bench/gpu_prefill.py --reps 7 --warmup 2"
+B="timeout 170 python3 -m bench.gpu_prefill --reps 7 --warmup 2"
 clean() { grep -v '^\[transformers\]'; }
 if [ "${1:-1}" = 1 ]; then
 $B --model qwen2-vl-7b --mode llm --tokens 576,1088,2112,4160,16448 --layers 2 --ratios 0,0.5,0.75,0.9 --kv drop \
@@ -21,7 +21,7 @@ $B --model llava-1.5-7b --mode e2e --tokens 576,2304 --layers 2 --ratios 0,0.5,0
    --graph auto,off --tag _graphs 2>&1 | clean > "$OUT/llava_e2e_graphs.log"
 $B --model qwen2-vl-7b --mode e2e --tokens 576,1024 --layers 2 --ratios 0,0.75 --kv drop --graph auto,off \
    --vision-ratios 0.75 --vision-layer 8 --tag _vision_short 2>&1 | clean > "$OUT/qwen_e2e_vision_short.log"
-timeout 100 python3 bench/profile_prefill.py --model qwen2-vl-7b --tokens 1088 --reps 7 --out "$OUT" 2>&1 | clean \
+timeout 100 python3 -m bench.profile_prefill --model qwen2-vl-7b --tokens 1088 --reps 7 --out "$OUT" 2>&1 | clean \
    > "$OUT/profile.log"
 $B --model llava-1.5-7b --mode llm --attn eager --tokens 2336 --layers 2 --ratios 0,0.5,0.75,0.9 --kv drop \
    --graph auto,off --tag _eager 2>&1 | clean > "$OUT/llava_llm_eager.log"
@@ -37,14 +37,14 @@ $B --model qwen2-vl-7b --mode llm --tokens 576,1088 --layers 2 --ratios 0 --kv d
    --tag _ratio0_lazy 2>&1 | clean > "$OUT/qwen_llm_ratio0_lazy.log"
 $B --model llava-1.5-7b --mode e2e --tokens 576 --layers 2 --ratios 0 --kv drop --reps 30 --warmup 3 \
    --tag _ratio0_lazy 2>&1 | clean > "$OUT/llava_e2e_ratio0_lazy.log"
-timeout 100 python3 bench/profile_prefill.py --model qwen2-vl-7b --tokens 576 --ratio 0 --reps 10 --out "$OUT" 2>&1 \
+timeout 100 python3 -m bench.profile_prefill --model qwen2-vl-7b --tokens 576 --ratio 0 --reps 10 --out "$OUT" 2>&1 \
    | clean > "$OUT/profile_ratio0.log"
 else
-timeout 80 python3 bench/profile_prefill.py --model qwen2-vl-7b --tokens 4160 --ratio 0.9 --reps 7 --out "$OUT" 2>&1 \
+timeout 80 python3 -m bench.profile_prefill --model qwen2-vl-7b --tokens 4160 --ratio 0.9 --reps 7 --out "$OUT" 2>&1 \
    | clean > "$OUT/profile_4160_0.9.log"
-timeout 100 python3 bench/gpu_prefill.py --reps 5 --warmup 2 --model llava-1.5-7b --mode llm --tokens 2336 \
+timeout 100 python3 -m bench.gpu_prefill --reps 5 --warmup 2 --model llava-1.5-7b --mode llm --tokens 2336 \
    --layers 0.4 --ratios 0.5,0.75,0.9 --kv drop,keep --tag _layer04 2>&1 | clean > "$OUT/llava_llm_layer04.log"
-timeout 120 python3 bench/gpu_prefill.py --reps 5 --warmup 2 --model llava-1.5-7b --mode e2e --tokens 576,2304 \
+timeout 120 python3 -m bench.gpu_prefill --reps 5 --warmup 2 --model llava-1.5-7b --mode e2e --tokens 576,2304 \
    --layers 2 --ratios 0 --kv drop --vision-ratios 0.75 --vision-layer 8 --tag _vision 2>&1 | clean \
    > "$OUT/llava_e2e_vision.log"
 fi

@@ -24,7 +24,8 @@ import sys
 import traceback
 from pathlib import Path
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+from synthvqa import TASKS_DIR  # the offline tasks (the bundled models' suite)
+
 OFFLINE_TASKS = ("synth_mme", "synth_textvqa", "synth_vqa")
 DEFAULT_TASKS = ("synth_mme", "synth_textvqa")  # MME- and TextVQA-shaped; synth_vqa is 6 x 200 rows
 _DASH_MODEL_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
@@ -132,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings_for(args) -> list:
     """The configurations, baseline first: ratio 0 once, then each method at each ratio > 0."""
-    from dashvl.lmms import EvalSetting
+    from dashvl.lmms_eval_plugin import EvalSetting
 
     common = dict(layer=args.layer, kv=args.kv, scope=args.scope)
     vision = dict(vision_ratio=args.vision_ratio, vision_layer=args.vision_layer)
@@ -199,7 +200,7 @@ def _dataset_of(manager, name: str) -> str | None:
 
 def load_model(args):
     """The dashvl lmms-eval model for --model, with --model-args."""
-    import dashvl.lmms as bridge
+    import dashvl.lmms_eval_plugin as bridge
     from dashvl.models import DEFAULT_MODEL
     from lmms_eval.utils import simple_parse_args_string
 

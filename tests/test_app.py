@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from PIL import Image
 
 import dashvl
 
+from apps import halting_viewer as hv
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # apps/ lives at the repository root, beside dashvl/
-from apps import halting_viewer as hv  # noqa: E402
 
 # gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix
 pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
@@ -74,7 +73,7 @@ def test_examples_are_the_suites_test_samples():
     import numpy as np
 
     from apps.make_examples import MAX_BYTES
-    from dashvl import synth
+    from synthvqa import suite as synth
 
     assert 3 <= len(hv.EXAMPLES) <= 4
     for name, prompt in hv.EXAMPLES:

@@ -5,7 +5,7 @@ import torch
 import dashvl
 from dashvl.baselines import downsample
 from dashvl.tiny import sample_image
-from helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, visual_kinds
+from tests.helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, visual_kinds
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])

@@ -1,4 +1,4 @@
-"""eval/run.py and the lmms-eval bridge (dashvl.lmms), end to end on the CPU with the tiny Qwen2-VL, offline.
+"""eval/run.py and the lmms-eval plugin (dashvl.lmms_eval_plugin), end to end on the CPU with the tiny Qwen2-VL, offline.
 
 lmms-eval runs in subprocesses only: importing it here would cost ~10 s and its llava_hf module turns every
 warning off for the rest of the session.
@@ -79,7 +79,7 @@ def test_ratio_0_is_lmms_evals_own_qwen2_vl_and_the_entry_point_model_matches_ru
         model.save_pretrained({str(tmp_path / 'tiny')!r}); processor.save_pretrained({str(tmp_path / 'tiny')!r})
         from lmms_eval import evaluator
         from lmms_eval.tasks import TaskManager
-        tasks = TaskManager("WARNING", include_path={str(ROOT / 'eval' / 'tasks')!r}, include_defaults=False)
+        tasks = TaskManager("WARNING", include_path={str(ROOT / 'synthvqa' / 'tasks')!r}, include_defaults=False)
         out = {{}}
         for name, model, args in [
                 ("stock", "qwen2_vl", "pretrained={tmp_path / 'tiny'},device=cpu,device_map=cpu,{SMALL}"),
@@ -158,11 +158,7 @@ def test_a_bad_argument_gets_a_clear_message(args, message):
 
 
 def test_vision_ratio_joins_every_configuration_but_the_baseline():
-    sys.path.insert(0, str(RUN.parent))
-    try:
-        import run as runner
-    finally:
-        sys.path.pop(0)
+    from eval import run as runner
     args = runner.parse_args(["--ratio", "0,0.5", "--method", "dash,fastv", "--vision-ratio", "0.5",
                               "--vision-layer", "1"])
     settings = runner.settings_for(args)
@@ -192,7 +188,7 @@ def test_two_processes_give_the_answers_of_one(sweep, tmp_path):
 def test_synth_vqa_scores_each_family_through_the_bridge(tmp_path):
     """The bundled model on the six-family task group: one column per family; each score is the share of exact
     matches in its samples, over the suite's own test rows; and the trained model reads colours through it."""
-    from dashvl import synth
+    from synthvqa import suite as synth
 
     out = tmp_path / "vqa"
     proc = run(RUN, "--model", "qwen2-vl-synth", "--tasks", "synth_vqa", "--ratio", "0", "--limit", "4",

@@ -12,7 +12,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import dashvl
 from dashvl.tiny import tiny_decoder, tiny_llava, tiny_qwen2_vl
-from helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, visual_kinds
+from tests.helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, visual_kinds
 
 
 def emulated_flash(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

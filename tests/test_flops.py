@@ -2,7 +2,7 @@ import torch
 
 import dashvl
 from dashvl.flops import flops_speedup, layer_flops, prefill_flops
-from helpers import build, make_inputs
+from tests.helpers import build, make_inputs
 
 
 def test_layer_flops_by_hand():

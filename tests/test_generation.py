@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dashvl
-from helpers import assert_same_generation, build, extend, make_inputs, Reference, reference_halted, visual_kinds
+from tests.helpers import assert_same_generation, build, extend, make_inputs, Reference, reference_halted, visual_kinds
 
 ATOL = 2e-4
 

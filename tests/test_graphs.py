@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import dashvl
-import test_generation
-import test_reference
+from tests import test_generation
+from tests import test_reference
 from dashvl import graphs
-from helpers import (Reference, assert_same_generation, build, generate, layers_of, make_inputs, reference_halted,
+from tests.helpers import (Reference, assert_same_generation, build, generate, layers_of, make_inputs, reference_halted,
                      visual_kinds)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dashvl
-from helpers import FAMILIES, build, generate, make_inputs
+from tests.helpers import FAMILIES, build, generate, make_inputs
 
 CASES = [(f, a, b, i) for f in FAMILIES for a in ("sdpa", "eager") for b in (1, 3) for i in (1, 2)
          if not (f == "llama" and i == 2)]

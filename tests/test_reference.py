@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dashvl
-from helpers import (FAMILIES, assert_same_generation, build, generate, layers_of, make_inputs, Reference,
+from tests.helpers import (FAMILIES, assert_same_generation, build, generate, layers_of, make_inputs, Reference,
                      reference_halted, visual_kinds)
 
 ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order

@@ -4,7 +4,7 @@ import torch
 
 import dashvl
 from dashvl.tiny import tiny_decoder
-from helpers import build, make_inputs
+from tests.helpers import build, make_inputs
 
 
 def _hooks(model):

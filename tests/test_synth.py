@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashvl import synth
-from dashvl.synth import COLOURS, FAMILIES, POSITIONS, SHAPES, WORDS, make_split, mme_rows, textvqa_rows
+from synthvqa import suite as synth
+from synthvqa.suite import COLOURS, FAMILIES, POSITIONS, SHAPES, WORDS, make_split, mme_rows, textvqa_rows
 
 
 def _digest(img: Image.Image) -> str:
@@ -137,7 +137,7 @@ def test_lmms_eval_rows():
     ("gqa", None, r"kind must be one of \('mme', 'textvqa', 'vqa'\)"),
 ])
 def test_synth_docs_refuses_bad_kinds_and_families(kind, family, message):
-    from dashvl.lmms import synth_docs
+    from synthvqa.docs import synth_docs
 
     with pytest.raises(ValueError, match=message):
         synth_docs(kind, "test", 2, family=family)

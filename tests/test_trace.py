@@ -4,7 +4,7 @@ import torch
 
 import dashvl
 from dashvl.tiny import sample_image
-from helpers import build
+from tests.helpers import build
 
 
 def _qwen_inputs(sizes):
@@ -96,7 +96,7 @@ def test_llava_fixed_grid_and_several_images_per_row():
 
 def test_trace_fields_and_padding():
     model, _ = build("qwen2_vl")
-    from helpers import make_inputs
+    from tests.helpers import make_inputs
     inputs = make_inputs("qwen2_vl", 3)
     with dashvl.compress(model, ratio=0.5, layer=2) as h, torch.no_grad():
         assert h.trace is None

@@ -1,15 +1,17 @@
-"""The training script's own pieces (bench/train_synth.py): the packed Qwen2-VL training forward must compute
+"""The training's own pieces (synthvqa.train): the packed Qwen2-VL training forward must compute
 what transformers' stock forward computes, and the reading targets must follow the rendered word."""
 import copy
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-import train_synth as T  # noqa: E402
-from dashvl import synth  # noqa: E402
+from synthvqa import suite as synth
+from synthvqa.train import __main__ as train_cli
+from synthvqa.train.data import TrainStream, collate
+from synthvqa.train.fast_qwen import qwen_fast_forward, use_packed_vision_attention
+from synthvqa.train.labels import cell_labels
+from synthvqa.train.questions import ROUND, extra_questions, parse_mix
 
 QWEN = os.path.join(os.path.dirname(__file__), "..", "assets", "models", "qwen2-vl-synth")
 
@@ -20,13 +22,13 @@ def test_packed_training_forward_equals_the_stock_forward():
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     proc = AutoProcessor.from_pretrained(QWEN)
-    ds = T.TrainStream(proc, length=20, turns=2, positions=True)
-    batch = T.collate([ds[i] for i in (3, 8, 9)], proc.tokenizer.pad_token_id)  # count, reading, reading
+    ds = TrainStream(proc, length=20, turns=2, positions=True)
+    batch = collate([ds[i] for i in (3, 8, 9)], proc.tokenizer.pad_token_id)  # count, reading, reading
     assert len({tuple(g) for g in batch["image_grid_thw"].tolist()}) > 1  # the images differ in size
     stock = AutoModelForImageTextToText.from_pretrained(QWEN, dtype=torch.float32)
     stock.config._attn_implementation = "sdpa"
     fast = copy.deepcopy(stock)
-    T.use_packed_vision_attention(fast)
+    use_packed_vision_attention(fast)
     stock.train(), fast.train()
     torch.manual_seed(0)  # dropout is 0 in these configs; seeded anyway
     plain = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image", "position_ids",
@@ -34,7 +36,7 @@ def test_packed_training_forward_equals_the_stock_forward():
     want = stock(**plain)
     packed = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image")}
     packed["max_seqlen"] = int(packed["max_seqlen"])
-    got = T.qwen_fast_forward(fast, packed, batch["image_grid_thw"])
+    got = qwen_fast_forward(fast, packed, batch["image_grid_thw"])
     torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
     pos, _ = stock.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
@@ -47,7 +49,7 @@ def test_letter_targets_spell_the_word_from_left_to_right():
     for k in range(12):
         scene, _, word = synth._build("train", "reading", k)
         rows, cols = scene.h // 28, scene.w // 28  # Qwen2-VL's merged cells
-        lab = T.cell_labels(scene, rows, cols).view(rows, cols, 4)
+        lab = cell_labels(scene, rows, cols).view(rows, cols, 4)
         text = word.upper()
         word_cells = lab[..., 2] == synth.WORDS.index(word) + 1
         assert word_cells.any()
@@ -64,13 +66,13 @@ def test_letter_targets_spell_the_word_from_left_to_right():
 
 
 def test_mix_counts_families_and_names_the_allowed_ones():
-    mix = T.parse_mix("reading=4,colour=3")
+    mix = parse_mix("reading=4,colour=3")
     assert mix.count("reading") == 4 and mix.count("colour") == 3 and mix.count("existence") == 2
-    assert T.parse_mix("") == T.ROUND
+    assert parse_mix("") == ROUND
     with pytest.raises(ValueError, match="families from"):
-        T.parse_mix("colours=3")
+        parse_mix("colours=3")
     with pytest.raises(ValueError, match="every family has count 0"):
-        T.parse_mix(",".join(f"{f}=0" for f in synth.FAMILIES))
+        parse_mix(",".join(f"{f}=0" for f in synth.FAMILIES))
 
 
 def test_hard_no_questions_share_the_colour_and_stay_true():
@@ -84,7 +86,7 @@ def test_hard_no_questions_share_the_colour_and_stay_true():
         for k in range(60):
             scene, _, _ = synth._build("train", "existence", k)
             objs = [(c, s) for c, s, _ in scene.objects]
-            for q, a in T.extra_questions(scene, random.Random(k), hard):
+            for q, a in extra_questions(scene, random.Random(k), hard):
                 if not q.startswith("Is there"):
                     continue
                 c, s = q.split()[3:5]
@@ -98,7 +100,7 @@ def test_hard_no_redraws_the_own_no_question_of_an_existence_image():
     from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(QWEN)
-    ds = T.TrainStream(proc, length=40, turns=1, round_=("existence",), hard_no=1.0)
+    ds = TrainStream(proc, length=40, turns=1, round_=("existence",), hard_no=1.0)
     seen = 0
     for i in range(1, 12, 2):  # odd items: the No question of each pair
         scene, _, a0 = synth._build("train", "existence", i)
@@ -117,12 +119,12 @@ def test_training_flags_out_of_range_are_refused(tmp_path, capsys, flag, value, 
     import re
 
     with pytest.raises(SystemExit):
-        T.main(["--model", "llava-synth", "--tiny", "--steps", "1", "--out", str(tmp_path), flag, value])
+        train_cli.main(["--model", "llava-synth", "--tiny", "--steps", "1", "--out", str(tmp_path), flag, value])
     assert re.search(message, capsys.readouterr().err)
 
 
 def test_existence_errors_refuses_no_questions(capsys):
-    from existence_errors import main  # bench/ is on the path (above)
+    from synthvqa.reports.existence_errors import main
 
     with pytest.raises(SystemExit):
         main(["--n", "0"])

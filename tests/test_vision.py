@@ -5,7 +5,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.vision_utils import get_vision_position_ids
 
 import dashvl
-from helpers import build, generate, make_inputs
+from tests.helpers import build, generate, make_inputs
 
 ATOL = 2e-4
 

@@ -1,0 +1,1 @@
+"""The lmms-eval bridge: ``python eval/run.py`` (see README.md here)."""

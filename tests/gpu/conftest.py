@@ -1,0 +1,38 @@
+"""GPU checks: skipped without CUDA; on the device, ``DASHVL_GPU_REPORT=path.json`` also writes every check's
+numbers with the machine and versions (tests/gpu/results/ holds the recorded ones)."""
+import json
+import os
+
+import pytest
+import torch
+
+_RECORDS: dict = {}
+
+
+@pytest.fixture
+def cuda():
+    """The CUDA device, float32 without TF32 (the checks compare logits at 1e-4); skips without one."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (run on the device: python -m pytest tests/gpu)")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield "cuda"
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.fixture
+def record(request):
+    """``record(result)``: keep one check's numbers for the report, under the test's id."""
+    return lambda result: _RECORDS.__setitem__(request.node.nodeid, result)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("DASHVL_GPU_REPORT")
+    if path and _RECORDS:
+        import transformers
+
+        with open(path, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                           cuda_devices=torch.cuda.device_count(), torch=torch.__version__,
+                           transformers=transformers.__version__, exit_status=int(exitstatus), results=_RECORDS),
+                      f, indent=1, default=str)
