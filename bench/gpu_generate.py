@@ -1,0 +1,216 @@
+"""What a user waits for in ``generate()``: time to first token, per-token decode and the whole answer.
+
+One process builds the model (random bf16 weights at a real model's shapes: speed does not depend on their
+values), then for each prompt length, batch size and cache kind times every setting round-robin (so that the
+host's drift hits all alike), greedy, with every answer forced to its full length (``min_new_tokens``):
+
+- ``ttft``: ``generate(max_new_tokens=1)``, the prefill and one token;
+- ``whole_N``: ``generate(max_new_tokens=N)`` for each N in ``--new``;
+- ``per_token``: ``(whole_N - ttft) / (N - 1)`` for the largest N: one decode step.
+
+Each figure is the median of ``--reps`` after ``--warmup`` rounds, on CUDA from CUDA events around the call
+(host and device together, as a user sees it). Settings that dashvl refuses (today: the static cache) are
+recorded with the refusal instead of a time. Ratios are against the unmodified model with the same cache.
+
+    python -m bench.gpu_generate --model qwen2-vl-7b --mode llm --tokens 1088,16448 --batch 1,8
+    python -m bench.gpu_generate --model qwen2-vl-7b --mode e2e --tokens 576,1024,4096 --new 32,64
+    python -m bench.cpu_generate          # the CPU variant (make bench-cpu-generate)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import dashvl
+from bench.common import build_model, visual_inputs
+
+DEFAULT_SETTINGS = "unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep;ratio=0.75,layer=2,cuda_graph=False"
+
+
+def parse_settings(text: str) -> list[dict | None]:
+    """``"unmodified;ratio=0.75,layer=2,kv=keep"`` -> ``[None, {"ratio": 0.75, "layer": 2, "kv": "keep"}]``."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        if part == "unmodified":
+            out.append(None)
+            continue
+        s = {}
+        for kv in part.split(","):
+            key, _, value = kv.partition("=")
+            if not value:
+                raise ValueError(f"a setting is key=value,...; got {kv!r} in {part!r}")
+            s[key.strip()] = _value(value.strip())
+        dashvl.DashConfig(**s)  # the library's own checks and messages
+        out.append(s)
+    return out
+
+
+def _value(text: str):
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def label(setting: dict | None) -> str:
+    return "unmodified" if setting is None else ",".join(f"{k}={v}" for k, v in setting.items())
+
+
+def _clock(fn, cuda: bool) -> float:
+    """Wall ms of one call, the device's work included."""
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000
+
+
+def make_inputs(model, mode: str, tokens: int, batch: int, device) -> dict:
+    if mode == "llm":
+        vocab = model.config.get_text_config().vocab_size
+        ids = torch.randint(10, min(vocab, 150000) - 10, (batch, tokens), device=device)
+        return dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+    one = visual_inputs(model, tokens, device)
+    if batch == 1:
+        return dict(one, attention_mask=torch.ones_like(one["input_ids"]))
+    out = {k: torch.cat([v] * batch) for k, v in one.items()}
+    return dict(out, attention_mask=torch.ones_like(out["input_ids"]))
+
+
+def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, warmup: int, cuda: bool) -> list[dict]:
+    """One row per setting: median ms of ttft and each whole answer, per-token ms, or the refusal."""
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+
+    def call(n):
+        return lambda: model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
+
+    lengths = [1] + list(new_tokens)
+    samples = {i: {n: [] for n in lengths} for i in range(len(settings))}
+    refused = {}
+    with torch.no_grad():
+        for rep in range(warmup + reps):
+            for i, s in enumerate(settings):
+                if i in refused:
+                    continue
+                try:
+                    handle = dashvl.compress(model, **s) if s is not None else None
+                except ValueError as err:
+                    refused[i] = str(err)
+                    continue
+                try:
+                    for n in lengths:
+                        ms = _clock(call(n), cuda)
+                        if rep >= warmup:
+                            samples[i][n].append(ms)
+                except ValueError as err:  # refused at call time (a generation setting)
+                    refused[i] = str(err)
+                finally:
+                    if handle is not None:
+                        handle.remove()
+    rows = []
+    for i, s in enumerate(settings):
+        row = dict(setting=label(s))
+        if i in refused:
+            row["refused"] = refused[i]
+        else:
+            med = {n: statistics.median(samples[i][n]) for n in lengths}
+            row.update(ttft=med[1], **{f"whole_{n}": med[n] for n in new_tokens},
+                       per_token=(med[max(new_tokens)] - med[1]) / (max(new_tokens) - 1))
+        rows.append(row)
+    base = rows[0]
+    for row in rows[1:]:
+        if "refused" not in row and "refused" not in base:
+            row["ttft_speedup"] = base["ttft"] / row["ttft"]
+            row["per_token_speedup"] = base["per_token"] / row["per_token"]
+            for n in new_tokens:
+                row[f"whole_{n}_speedup"] = base[f"whole_{n}"] / row[f"whole_{n}"]
+    return rows
+
+
+def markdown(rows, new_tokens) -> str:
+    cols = ["setting", "ttft", "per_token"] + [f"whole_{n}" for n in new_tokens]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "refused" in r:
+            out.append(f"| {r['setting']} | refused: {r['refused'][:90]} |" + " |" * (len(cols) - 2))
+            continue
+        cells = [r["setting"]]
+        for c in cols[1:]:
+            speed = r.get(f"{c}_speedup" if c != "ttft" else "ttft_speedup")
+            cells.append(f"{r[c]:.1f}" + (f" ({speed:.2f}×)" if speed else ""))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None, **defaults):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen2-vl-7b")
+    p.add_argument("--mode", default="llm", choices=["llm", "e2e"], help="llm: text prompts; e2e: images "
+                   "through the real vision tower (--tokens = visual tokens)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--tokens", default="1088,4160,16448")
+    p.add_argument("--batch", default="1,8")
+    p.add_argument("--new", default="32,128", help="answer lengths (new tokens) to time whole")
+    p.add_argument("--cache", default="dynamic,static")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS, help="';'-separated compress() settings "
+                   "(key=value,...), 'unmodified' first")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    p.add_argument("--tag", default="")
+    p.set_defaults(**defaults)
+    args = p.parse_args(argv)
+    settings = parse_settings(args.settings)
+    if settings[0] is not None:
+        p.error("--settings must start with 'unmodified' (the ratios are against it)")
+    new_tokens = [int(n) for n in args.new.split(",")]
+    if min(new_tokens) < 2:
+        p.error("--new: each answer length must be >= 2 (the per-token time is measured between 1 and N)")
+    cuda = args.device.startswith("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.model, args.device, torch.bfloat16 if cuda else torch.float32, attn=args.attn,
+                        vision=args.mode == "e2e")
+    model.generation_config.eos_token_id = None  # random weights: never stop early
+    info = dict(device=torch.cuda.get_device_name() if cuda else
+                f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+                torch=torch.__version__, transformers=__import__("transformers").__version__,
+                python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
+                command="python -m bench.gpu_generate " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(info, flush=True)
+    results = []
+    for T in [int(t) for t in args.tokens.split(",")]:
+        for B in [int(b) for b in args.batch.split(",")]:
+            torch.manual_seed(T + B)
+            inputs = make_inputs(model, args.mode, T, B, args.device)
+            for cache in args.cache.split(","):
+                rows = time_generate(model, inputs, settings, new_tokens, cache, args.reps, args.warmup, cuda)
+                n = inputs["input_ids"].shape[1]
+                results.append(dict(tokens=n, batch=B, cache=cache, rows=rows))
+                print(f"\n## {args.model} {args.mode}, {n} tokens, batch {B}, {cache} cache, {args.attn} "
+                      f"(ms; × = speedup over unmodified)\n\n{markdown(rows, new_tokens)}", flush=True)
+    name = f"generate_{args.model}_{args.mode}_{args.device.split(':')[0]}_{args.attn}{args.tag}.json"
+    with open(os.path.join(args.out, name), "w") as f:
+        json.dump(dict(info=info, results=results), f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
