@@ -154,8 +154,18 @@ class Setting:
                                  f"or 'baseline'; got {item!r} in {text!r}")
             if key in values:
                 raise ValueError(f"{key} is given twice in {text!r}")
-            values[key] = cls._convert(key, value)
-        return cls(**values)
+            values[key] = value
+        return cls.from_args(values)
+
+    @classmethod
+    def from_args(cls, values) -> "Setting":
+        """A Setting from ``{field: value}``, where a value may be text (parsed as ``parse`` does) or already
+        typed (as lmms-eval's model_args parser gives them). ValueError for an unknown key, naming the keys."""
+        typed = {}
+        for key, value in values.items():
+            cls._spec(key)  # an unknown key: ValueError naming the settings
+            typed[key] = cls._convert(key, value) if isinstance(value, str) else value
+        return cls(**typed)
 
     def to_args(self) -> str:
         """The fields that differ from their defaults as ``key=value,...`` ("" for the defaults): what
