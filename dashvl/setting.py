@@ -195,6 +195,16 @@ class Setting:
             return "baseline"
         return f"{self.method}-{self.ratio:g}" + (f"-v{self.vision_ratio:g}" if self.vision_ratio else "")
 
+    def check(self, num_layers: int, vision_blocks: int | None = None) -> None:
+        """The checks that need the model: ``layer`` within ``num_layers`` decoder layers and, when
+        ``vision_ratio > 0``, ``vision_layer`` within the tower's ``vision_blocks``. ValueError naming the range."""
+        config = self._config("dash" if self.stage == "inputs" else self.method)
+        config.resolve_layer(num_layers)
+        if self.vision_ratio:
+            if vision_blocks is None:
+                raise ValueError("vision_ratio must be 0 for this model: its vision tower cannot halt patches")
+            config.resolve_vision_layer(vision_blocks)
+
     def dash_config(self) -> DashConfig:
         """The DashConfig that ``dashvl.compress`` takes (ValueError for an "inputs" method: it has none)."""
         return self._config(self.method)
