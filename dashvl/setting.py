@@ -138,14 +138,36 @@ class Setting:
         return getattr(cls(**{name: cls._convert(name, text)}), name)
 
     @classmethod
+    def cli_type(cls, name: str, many: bool = False):
+        """An argparse ``type`` for field ``name`` (``many``: a comma list of its values), checked by Setting."""
+        import argparse
+
+        def parse(text: str):
+            items = [x for x in text.split(",") if x.strip()] if many else [text]
+            if not items:
+                raise argparse.ArgumentTypeError(f"give at least one {name}")
+            try:
+                values = [cls.parse_value(name, x) for x in items]
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+            return list(dict.fromkeys(values)) if many else values[0]
+        parse.__name__ = name  # argparse names the type in its own messages
+        return parse
+
+    @classmethod
     def parse(cls, text: str) -> "Setting":
         """``"method=dash,ratio=0.5,layer=2"`` -> Setting; ``"baseline"`` or ``""``: the defaults.
 
         Raises ValueError for an unknown key (naming the keys), a key given twice, or a bad value (naming the
         field and what it takes)."""
+        return cls.from_args(cls.split(text))
+
+    @staticmethod
+    def split(text: str) -> dict[str, str]:
+        """``{key: value text}`` of a setting's text form, keys unchecked (``"baseline"`` or ``""``: ``{}``)."""
         text = text.strip()
         if text in ("", "baseline"):
-            return cls()
+            return {}
         values = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, sep, value = (s.strip() for s in item.partition("="))
@@ -155,7 +177,7 @@ class Setting:
             if key in values:
                 raise ValueError(f"{key} is given twice in {text!r}")
             values[key] = value
-        return cls.from_args(values)
+        return values
 
     @classmethod
     def from_args(cls, values) -> "Setting":

@@ -42,35 +42,6 @@ class RunError(Exception):
 
 # ------------------------------------------------------------------------------------------------ arguments
 
-def _values(name: str):
-    """argparse type: a comma list of Setting field ``name``'s values, each checked by Setting."""
-    from dashvl.setting import Setting  # late, as everywhere here: see main
-
-    def parse(text: str) -> list:
-        try:
-            values = [Setting.parse_value(name, x) for x in text.split(",") if x.strip()]
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"give at least one {name}")
-        return list(dict.fromkeys(values))
-    parse.__name__ = name
-    return parse
-
-
-def _value(name: str):
-    """argparse type: one value of Setting field ``name``, checked by Setting."""
-    from dashvl.setting import Setting
-
-    def parse(text: str):
-        try:
-            return Setting.parse_value(name, text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    parse.__name__ = name
-    return parse
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -109,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         shown = ",".join(map(str, default)) if name in SWEPT else default
         what = "comma-separated, each " if name in SWEPT else ""
         note = " (every configuration but the baseline)" if name == "vision_ratio" else ""
-        p.add_argument(_flag(name), type=_values(name) if name in SWEPT else _value(name), default=argparse.SUPPRESS,
+        p.add_argument(_flag(name), type=Setting.cli_type(name, many=name in SWEPT), default=argparse.SUPPRESS,
                        help=f"{what}{Setting.describe(name)}{note} (default: {shown})")
     p.add_argument("--limit", type=_positive, default=None, help="first N samples of each task")
     p.add_argument("--batch-size", type=_positive, default=1)
@@ -149,7 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if hasattr(args, name):
             parser.error(f"{name} is given twice, by {_flag(name)} and by --model-args: give it once")
         try:
-            setattr(args, name, (_values if name in SWEPT else _value)(name)(text))
+            setattr(args, name, Setting.cli_type(name, many=name in SWEPT)(text))
         except argparse.ArgumentTypeError as err:
             parser.error(f"--model-args {name}={text}: {err}")
     for name in Setting.fields():
