@@ -50,7 +50,7 @@ def test_a_setting_of_every_field_round_trips_and_defaults_read_baseline():
         full.ratio = 0.1
 
 
-@pytest.mark.parametrize("text, field, allowed", [
+BAD = [  # (text, the field it is about, what the message must say)
     ("method=tome", "method", r"method must be one of \('dash', 'random', 'fastv', 'downsample'\); got 'tome'"),
     ("ratio=1", "ratio", r"ratio must be a number in \[0, 1\)"),
     ("ratio=-0.1", "ratio", r"ratio must be a number in \[0, 1\)"),
@@ -67,7 +67,10 @@ def test_a_setting_of_every_field_round_trips_and_defaults_read_baseline():
     ("vision_layer=-2", "vision_layer", r"vision_layer must be an int >= 0 or a float in \(0, 1\)"),
     ("method=downsample,vision_ratio=0.5", "vision_ratio", r"vision_ratio halts inside the vision tower: it "
                                                            r"combines with dash, random, fastv, not with downsample"),
-])
+]
+
+
+@pytest.mark.parametrize("text, field, allowed", BAD)
 def test_a_bad_value_names_the_field_and_what_it_takes(text, field, allowed):
     with pytest.raises(ValueError, match=allowed):
         Setting.parse(text)
@@ -77,8 +80,7 @@ def test_a_bad_value_names_the_field_and_what_it_takes(text, field, allowed):
 
 
 def test_every_field_has_a_refused_value_above():
-    cases = test_a_bad_value_names_the_field_and_what_it_takes.pytestmark[0].args[1]
-    assert {field for _, field, _ in cases} == set(Setting.fields())
+    assert {field for _, field, _ in BAD} == set(Setting.fields())
 
 
 @pytest.mark.parametrize("text, message", [
