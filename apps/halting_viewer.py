@@ -20,10 +20,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import dashvl
-from dashvl.baselines import downsample
 from dashvl import viz
 from dashvl.adapters import adapter_for
-from dashvl.config import KV_MODES, METHODS, SCOPES
+from dashvl.config import KV_MODES, SCOPES
+from dashvl.setting import Setting, method_names
 from dashvl.models import chat_prompt
 
 __all__ = ["build_demo", "launch", "main", "Viewer", "Request", "InputError", "ViewerResult", "EXAMPLES"]
@@ -55,12 +55,12 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One request's settings, validated (``parse``) before the model is touched."""
+    """One request: the prompt, the setting of the right-hand run, validated (``parse``) before the model is
+    touched. An "inputs" method (downsample) runs with a ratio-0 trace of its smaller prompt."""
 
     prompt: str
-    config: dashvl.DashConfig
+    setting: Setting
     max_new_tokens: int
-    downsample: float = 0.0   # method "downsample": share of visual tokens removed before the LLM
 
     @classmethod
     def parse(cls, prompt, ratio, layer, kv, scope, max_new_tokens, num_layers: int, method: str = "dash",
@@ -85,22 +85,15 @@ class Request:
             raise InputError(f"vision ratio must be a number in [0, 1); got {vision_ratio!r}") from None
         if vision_ratio > 0 and vision_blocks is None:
             raise InputError("this model's vision tower cannot halt patches: set the vision ratio to 0")
-        downsample = 0.0
-        if method == "downsample":  # resized inputs, then a ratio-0 trace of the smaller prompt
-            if vision_ratio > 0:
-                raise InputError("downsample already shrinks the images: set the vision ratio to 0 with it")
-            if not 0 <= ratio < 1:
-                raise InputError(f"ratio must be a number in [0, 1); got {ratio!r}")
-            downsample, ratio, method = ratio, 0.0, "dash"
+        if vision_ratio > 0 and method in method_names("inputs"):
+            raise InputError(f"{method} already shrinks the images: set the vision ratio to 0 with it")
         try:
-            config = dashvl.DashConfig(ratio=ratio, layer=layer, kv=kv, scope=scope, method=method,
-                                       vision_ratio=vision_ratio, vision_layer=_whole(vision_layer or 0, "vision layer"))
-            config.resolve_layer(num_layers)
-            if vision_ratio > 0:
-                config.resolve_vision_layer(vision_blocks)
+            setting = Setting(method=method, ratio=ratio, layer=layer, kv=kv, scope=scope, vision_ratio=vision_ratio,
+                              vision_layer=_whole(vision_layer or 0, "vision layer"))
+            setting.check(num_layers, vision_blocks)
         except (TypeError, ValueError) as err:
             raise InputError(str(err)) from err
-        return cls(prompt, config, new, downsample)
+        return cls(prompt, setting, new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,20 +188,18 @@ class Viewer:
         inputs = encode(self.processor)
         answer, seconds = generate(inputs)
         plain = Run(answer, seconds, inputs["input_ids"].shape[1] * self.num_layers)
-        if request.downsample:
-            visual = int(policy_visual(inputs["input_ids"], self.image_token))
-            with downsample(self.model, self.processor, request.downsample) as ds:
-                inputs = encode(ds.process)
-                with dashvl.compress(self.model, request.config) as handle:  # ratio 0: a trace, no halting
-                    answer, seconds = generate(inputs)
-        else:
-            with dashvl.compress(self.model, request.config) as handle:
-                answer, seconds = generate(inputs)
-        trace = handle.trace
+        setting = request.setting
+        visual = int(policy_visual(inputs["input_ids"], self.image_token))
+        # trace=True: a trace of the right-hand run even where nothing halts inside the model (ratio 0, downsample)
+        with dashvl.apply(self.model, self.processor, setting, trace=True) as applied:
+            if setting.stage == "inputs":
+                inputs = encode(applied.processor)
+            answer, seconds = generate(inputs)
+            trace = applied.trace
         dash = Run(answer, seconds, int(trace.tokens_per_layer[0].sum()))
         notes = []
-        if request.downsample:
-            notes.append(f"downsample {request.downsample:g}: the images gave "
+        if setting.stage == "inputs" and not setting.baseline:
+            notes.append(f"{setting.method} {setting.ratio:g}: the images gave "
                          f"{int(policy_visual(inputs['input_ids'], self.image_token))} visual tokens instead of "
                          f"{visual}; nothing halts inside the model (the right-hand run)")
         return plain, dash, trace, inputs["input_ids"].cpu(), notes
@@ -360,7 +351,7 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                 with gr.Row():
                     kv = gr.Radio(list(KV_MODES), value="drop", label="kv (halted tokens as keys above l_s)")
                     scope = gr.Radio(list(SCOPES), value="all", label="scope (which tokens may halt)")
-                method = gr.Radio(list(METHODS) + ["downsample"], value="dash", elem_id="method",
+                method = gr.Radio(list(method_names()), value="dash", elem_id="method",
                                   label="method (dash: smallest Δ halts; random / fastv / downsample: baselines at "
                                         "the same budget; downsample shrinks the images instead)")
                 with gr.Row(visible=viewer.vision_blocks is not None):

@@ -1,13 +1,14 @@
 """Shared by the benchmarks: random-weight models at given shapes, timing, result tables."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
 import torch
 
-import dashvl
 from dashvl.flops import flops_speedup, vision_flops
+from dashvl.setting import Setting, apply
 
 # Real models' text backbones (speed does not depend on the weights' values).
 SHAPES = {
@@ -112,10 +113,33 @@ def _timed(fn, cuda: bool) -> tuple[float, float]:
     return start.elapsed_time(end), host
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A timed configuration: a Setting (dashvl installed even at ratio 0, to time its overhead) and DashConfig's
+    ``cuda_graph``."""
+
+    setting: Setting
+    cuda_graph: bool | None = None
+
+    @property
+    def name(self) -> str:
+        """``"ratio=0.5 layer=2 kv=drop"`` (layer and kv left out of a vision-only setting), then the other fields
+        that differ from their defaults (scope "all" counts as one; vision_layer only with a vision_ratio) and
+        ``cuda_graph=False``: the form of the stored results, which bench/plot_results.py reads back."""
+        s, parts = self.setting, []
+        always = ("ratio", "layer", "kv") if s.ratio or not s.vision_ratio else ("ratio",)
+        for f in dataclasses.fields(s):
+            value = getattr(s, f.name)
+            if f.name in always or (value != f.default and not (f.name == "scope" and value == "all")
+                                    and not (f.name == "vision_layer" and not s.vision_ratio)):
+                parts.append(f"{f.name}={value}")
+        return " ".join(parts + ([f"cuda_graph={self.cuda_graph}"] if self.cuda_graph is not None else []))
+
+
 def time_settings(model, make_call, settings, reps, warmup, cuda):
     """Time the unmodified model and each DASH setting, round-robin so that clock or load drift hits all alike.
 
-    ``make_call()`` returns a no-arg function running one prefill; ``settings``: dicts for compress().
+    ``make_call()`` returns a no-arg function running one prefill; ``settings``: Variants of "llm" methods.
     Returns one row per setting: median device ms, median host ms to issue the call (on the GPU, a host time
     close to the device time means the prefill is bound by Python and launches), speedup, FLOPs limit.
     """
@@ -134,7 +158,8 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
                 if s is None:
                     timing = _timed(call, cuda)
                 else:
-                    with dashvl.compress(model, **s) as handle:
+                    with apply(model, None, s.setting, trace=True, cuda_graph=s.cuda_graph) as applied:
+                        handle = applied.handle
                         timing = _timed(call, cuda)
                         if rep == 0:
                             trace, vision = handle.trace, handle.vision_trace
@@ -151,9 +176,7 @@ def time_settings(model, make_call, settings, reps, warmup, cuda):
     for i, s in enumerate(variants):
         ms = statistics.median(t for t, _ in samples[i])
         host = statistics.median(h for _, h in samples[i])
-        name = "unmodified" if s is None else " ".join(f"{k}={v}" for k, v in s.items()
-                                                      if (k, v) not in (("method", "dash"), ("scope", "all"))
-                                                      and not (k.startswith("vision") and not s.get("vision_ratio")))
+        name = "unmodified" if s is None else s.name
         rows.append(dict(setting=name, ms=ms, host_ms=host, speedup=base / ms, limit=limits[i],
                          vision_limit=vision_limits.get(i, 1.0), **({"peak_gib": peaks[i]} if i in peaks else {})))
     return rows

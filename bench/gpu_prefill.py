@@ -25,8 +25,9 @@ import sys
 import torch
 
 import dashvl
-from bench.common import _timed, build_model, markdown, time_settings, visual_inputs
+from bench.common import Variant, _timed, build_model, markdown, time_settings, visual_inputs
 from dashvl import policy
+from dashvl.setting import Setting, method_names
 
 
 def main(argv=None, **defaults):
@@ -39,7 +40,7 @@ def main(argv=None, **defaults):
     p.add_argument("--ratios", default="0,0.5,0.75,0.9")
     p.add_argument("--layers", default="2", help="comma list; a float is a fraction of the depth")
     p.add_argument("--kv", default="drop,keep")
-    p.add_argument("--methods", default="dash", help="comma list of dash, random, fastv")
+    p.add_argument("--methods", default="dash", help=f"comma list of {', '.join(method_names('llm'))}")
     p.add_argument("--vision-ratios", default="", help="e2e: comma list of vision_ratio values (vision tower "
                    "alone, and with the LLM at the same ratio)")
     p.add_argument("--vision-layer", default="0.25", help="vision block v_s (int, or float fraction)")
@@ -68,19 +69,27 @@ def main(argv=None, **defaults):
                 command="python " + " ".join(sys.argv) if argv is None else
                 "python -m bench.gpu_prefill " + " ".join(argv))
     print(info, flush=True)
-    layers = [float(x) if "." in x else int(x) for x in args.layers.split(",")]
-    settings = [dict(method=m, ratio=float(r), layer=l, kv=kv, scope="all")
-                for m in args.methods.split(",") for l in layers for kv in args.kv.split(",")
-                for r in args.ratios.split(",") if not (float(r) == 0 and (kv == "keep" or m != "dash"))]
+    try:  # each value checked by Setting, with its message
+        methods, ratios, layers, kvs, vision_ratios = (
+            [Setting.parse_value(name, x) for x in text.split(",") if x.strip()] for name, text in (
+                ("method", args.methods), ("ratio", args.ratios), ("layer", args.layers), ("kv", args.kv),
+                ("vision_ratio", args.vision_ratios)))
+        vision_layer = Setting.parse_value("vision_layer", args.vision_layer)
+        settings = [Setting(method=m, ratio=r, layer=l, kv=kv, scope="all") for m in methods for l in layers
+                    for kv in kvs for r in ratios if not (r == 0 and (kv == "keep" or m != "dash"))]
+    except ValueError as err:
+        p.error(str(err))
+    if any(s.stage != "llm" for s in settings):
+        p.error(f"--methods takes {', '.join(method_names('llm'))} (--downsample times the downsampling baseline)")
     graph_modes = args.graph.split(",")
     if set(graph_modes) - {"auto", "off"}:
         p.error(f"--graph takes auto and/or off; got {args.graph!r}")
-    settings = [dict(s, cuda_graph=False) if mode == "off" else s
-                for s in settings for mode in graph_modes if mode == "auto" or (s["ratio"] > 0 and s["kv"] == "drop")]
-    vision_layer = float(args.vision_layer) if "." in args.vision_layer else int(args.vision_layer)
-    for vr in [float(x) for x in args.vision_ratios.split(",") if x]:
-        settings.append(dict(ratio=0.0, vision_ratio=vr, vision_layer=vision_layer))
-        settings.append(dict(ratio=vr, layer=layers[0], kv="drop", vision_ratio=vr, vision_layer=vision_layer))
+    settings = [Variant(s, cuda_graph=False) if mode == "off" else Variant(s)
+                for s in settings for mode in graph_modes if mode == "auto" or (s.ratio > 0 and s.kv == "drop")]
+    for vr in vision_ratios:
+        settings.append(Variant(Setting(ratio=0.0, vision_ratio=vr, vision_layer=vision_layer)))
+        settings.append(Variant(Setting(ratio=vr, layer=layers[0], kv="drop", vision_ratio=vr,
+                                        vision_layer=vision_layer)))
     results = []
     for T in [int(t) for t in args.tokens.split(",")]:
         torch.manual_seed(T)

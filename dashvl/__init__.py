@@ -12,8 +12,9 @@ from .config import DashConfig
 from .engine import DashHandle
 from .graphs import release as release_graphs
 from .models import load_model
+from .setting import Setting, apply
 from .trace import HaltTrace, VisualSpan
 
 __all__ = ["compress", "restore", "get_handle", "load_model", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan",
-           "release_graphs"]
+           "release_graphs", "Setting", "apply"]
 __version__ = "0.1.0"

@@ -11,8 +11,8 @@ Registered through the ``lmms_eval.models`` entry point (pyproject), so after ``
   log-likelihood, with its own ``generate_until`` (upstream's turns generation errors into empty answers and
   takes batch size 1 only).
 - ``--model_args``: lmms-eval's usual ones (pretrained, device, batch_size, attn_implementation, dtype,
-  max_pixels, min_pixels, system_prompt, ...) plus dashvl's ``method`` (dash, random, fastv, downsample),
-  ``ratio`` (0 = the unmodified model), ``layer``, ``kv``, ``scope``, ``protect_last``, ``seed``.
+  max_pixels, min_pixels, system_prompt, ...) plus every field of ``dashvl.Setting`` (``Setting.fields()``:
+  method, ratio, layer, kv, ...; ratio 0 = the unmodified model), put in force by ``dashvl.apply``.
   ``pretrained`` also takes dashvl's bundled names and ``tiny-random-qwen2-vl`` / ``tiny-random-llava``.
   The model goes to one device per process (``device_map`` may name it; ``"auto"`` is refused); under
   ``accelerate launch`` each process takes its GPU and its shard of the requests, as lmms-eval's own wrappers do.
@@ -26,78 +26,23 @@ Importing this module does not import lmms-eval: the classes are built on first 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import numbers
 import os
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["EvalSetting", "METHODS", "MODEL_IDS", "manifests", "model_id_for",
-           "DashQwen2VL", "DashLlava"]
+from .setting import Setting, apply
 
-# Methods a run can compare: the in-LLM ones go through dashvl.compress, "downsample" through dashvl.baselines.
-METHODS = ("dash", "random", "fastv", "downsample")
+__all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL", "DashLlava"]
+
 # lmms-eval model id -> class name in this module
 MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
 _FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "llava": "dashvl_llava"}
-_DASH_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed", "vision_ratio", "vision_layer")
 
 
-# --------------------------------------------------------------------------------------------- settings
-
-@dataclasses.dataclass(frozen=True)
-class EvalSetting:
-    """One configuration of a comparison: how the model is reduced, or ``ratio=0`` for the unmodified model.
-
-    Attributes:
-        method: ``"dash"``, ``"random"``, ``"fastv"`` (``dashvl.compress``) or ``"downsample"``
-            (``dashvl.baselines.downsample``: fewer visual tokens before the LLM).
-        ratio: in [0, 1); 0 leaves the model untouched whatever the method.
-        layer, kv, scope, protect_last, seed: ``dashvl.DashConfig``'s; unused by ``"downsample"``.
-        vision_ratio, vision_layer: halting inside the vision tower too (``DashConfig``'s; 0 = off).
-    """
-
-    method: str = "dash"
-    ratio: float = 0.0
-    layer: int | float = 2
-    kv: str = "drop"
-    scope: str | None = None
-    protect_last: int = 1
-    seed: int = 0
-    vision_ratio: float = 0.0
-    vision_layer: int | float = 0.25
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 <= self.ratio < 1:
-            raise ValueError(f"ratio must be a number in [0, 1) (0 = the unmodified model); got {self.ratio!r}")
-        if self.method == "downsample" and self.vision_ratio:
-            raise ValueError("vision_ratio halts inside the vision tower: it combines with dash, random or fastv, "
-                             "not with downsample")
-        if self.method != "downsample":
-            self.dash_config()  # DashConfig's checks, with its messages
-
-    @property
-    def baseline(self) -> bool:
-        """True when the model runs unmodified."""
-        return self.ratio == 0 and not self.vision_ratio
-
-    @property
-    def label(self) -> str:
-        """A short name, also a folder name: ``baseline``, ``dash-0.5``, ``downsample-0.75``, ``dash-0.5-v0.5``."""
-        if self.baseline:
-            return "baseline"
-        return f"{self.method}-{self.ratio:g}" + (f"-v{self.vision_ratio:g}" if self.vision_ratio else "")
-
-    def dash_config(self):
-        from .config import DashConfig
-        return DashConfig(ratio=self.ratio, layer=self.layer, kv=self.kv, scope=self.scope,
-                          protect_last=self.protect_last, method=self.method, seed=self.seed,
-                          vision_ratio=self.vision_ratio, vision_layer=self.vision_layer)
+EvalSetting = Setting  # its name here before dashvl.setting existed
 
 
 # --------------------------------------------------------------------------------------------- registration
@@ -153,12 +98,9 @@ def __getattr__(name):
 
 # --------------------------------------------------------------------------------------------- the model side
 
-def _split_dash_args(kwargs: dict) -> EvalSetting:
-    """Pop dashvl's settings out of ``kwargs`` (model_args) into an EvalSetting."""
-    settings = {k: kwargs.pop(k) for k in _DASH_ARGS if k in kwargs}
-    if isinstance(settings.get("scope"), str) and settings["scope"].lower() == "none":
-        settings["scope"] = None
-    return EvalSetting(**settings)
+def _split_dash_args(kwargs: dict) -> Setting:
+    """Pop every ``Setting`` field out of ``kwargs`` (model_args, as lmms-eval typed them) into a Setting."""
+    return Setting.from_args({k: kwargs.pop(k) for k in Setting.fields() if k in kwargs})
 
 
 class _DashMixin:
@@ -174,7 +116,7 @@ class _DashMixin:
 
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown model_args {sorted(unknown)}; dashvl's are "
-                            f"{', '.join(_DASH_ARGS)}")
+                            f"{', '.join(Setting.fields())}")
         if device == "auto":
             raise ValueError("device_map='auto' (one model over several GPUs) is not supported: the model goes to "
                              "one device per process; for several GPUs use `accelerate launch` (data parallel)")
@@ -201,12 +143,12 @@ class _DashMixin:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
         return model, processor
 
-    def _start(self, processor, setting: EvalSetting) -> None:
+    def _start(self, processor, setting: Setting) -> None:
         from .adapters import adapter_for
 
         self._raw_processor = processor
-        self._downsample = None
-        self.setting = EvalSetting()
+        self._applied = None
+        self.setting = Setting()
         self.sample_stats: list[dict] = []
         self._task = None
         self._prefill = None
@@ -224,34 +166,23 @@ class _DashMixin:
 
     # ------------------------------------------------------------------ settings
 
-    def configure(self, setting: EvalSetting | None = None, **settings) -> EvalSetting:
-        """Switch to ``setting`` (or ``EvalSetting(**settings)``) without reloading the model.
+    def configure(self, setting: Setting | None = None, **settings) -> Setting:
+        """Switch to ``setting`` (or ``Setting(**settings)``) without reloading the model.
 
         Raises ValueError for a setting this model cannot take (e.g. a layer beyond its depth); the model is
         then left unmodified.
         """
-        import dashvl
-        from .baselines import downsample
-
-        setting = setting if setting is not None else EvalSetting(**settings)
-        dashvl.restore(self._model)
-        if self._downsample is not None:
-            self._downsample.remove()
-            self._downsample = None
-        self.setting = EvalSetting()
-        if not setting.baseline:
-            if setting.method == "downsample":
-                self._downsample = downsample(self._model, self._raw_processor, setting.ratio)
-            else:
-                dashvl.compress(self._model, setting.dash_config())
+        setting = setting if setting is not None else Setting(**settings)
+        if self._applied is not None:
+            self._applied.remove()
+        self._applied, self.setting = None, Setting()
+        self._applied = apply(self._model, self._raw_processor, setting)
         self.setting = setting
         return setting
 
     def process(self, *args, **kwargs):
         """The processor's call, through the downsampling baseline when it is the setting."""
-        if self._downsample is not None:
-            return self._downsample.process(*args, **kwargs)
-        return self._raw_processor(*args, **kwargs)
+        return self._applied.processor(*args, **kwargs)
 
     # ------------------------------------------------------------------ prefill stats
 
@@ -285,10 +216,8 @@ class _DashMixin:
         start, prompt, visual = self._prefill
         ms = (time.perf_counter() - start) * 1e3
         self._prefill = self._vision_start = None
-        import dashvl
-        handle = dashvl.get_handle(self._model)
-        halted = handle.trace.num_halted().tolist() if handle is not None and handle.trace is not None \
-            else [0] * len(prompt)
+        trace = self._applied.trace if self._applied is not None else None
+        halted = trace.num_halted().tolist() if trace is not None else [0] * len(prompt)
         for p, v, h in zip(prompt, visual, halted):
             self.sample_stats.append({"task": self._task, "prefill_ms": ms, "prompt_tokens": p,
                                       "visual_tokens": v, "halted": h, "batch": len(prompt)})

@@ -28,7 +28,8 @@ from synthvqa import TASKS_DIR  # the offline tasks (the bundled models' suite)
 
 OFFLINE_TASKS = ("synth_mme", "synth_textvqa", "synth_vqa")
 DEFAULT_TASKS = ("synth_mme", "synth_textvqa")  # MME- and TextVQA-shaped; synth_vqa is 6 x 200 rows
-_DASH_MODEL_ARGS = ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")
+# Setting fields the run sweeps (comma lists), with their defaults; every other field takes one value
+SWEPT = {"method": ["dash"], "ratio": [0.0, 0.5, 0.75]}
 
 
 class RunError(Exception):
@@ -41,34 +42,8 @@ class RunError(Exception):
 
 # ------------------------------------------------------------------------------------------------ arguments
 
-def _ratios(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers in [0, 1), e.g. 0,0.5,0.75; got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one ratio, e.g. 0,0.5")
-    bad = [v for v in values if not 0 <= v < 1]
-    if bad:
-        raise argparse.ArgumentTypeError(f"each ratio must be in [0, 1) (the fraction of tokens halted; 0 = the "
-                                         f"unmodified model); got {bad[0]:g}")
-    return list(dict.fromkeys(values))
-
-
-def _layer(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an int >= 0 or a fraction of the depth in (0, 1); got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a float layer is a fraction of the depth and must lie in (0, 1); got {text}")
-    return value
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _positive(text: str) -> int:
@@ -89,6 +64,8 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dashvl.setting import Setting
+
     p = argparse.ArgumentParser(prog="eval/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="offline tasks: " + ", ".join(OFFLINE_TASKS))
@@ -96,22 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "or hub id (default: dashvl.models.DEFAULT_MODEL)")
     p.add_argument("--tasks", type=_names, default=list(DEFAULT_TASKS),
                    help=f"comma-separated lmms-eval tasks (default: {','.join(DEFAULT_TASKS)})")
-    p.add_argument("--ratio", type=_ratios, default=[0.0, 0.5, 0.75], help="comma-separated ratios in [0, 1); "
-                   "0 is the unmodified baseline (default: 0,0.5,0.75)")
-    p.add_argument("--method", type=_names, default=["dash"], help="comma-separated: dash, random, fastv, downsample")
-    p.add_argument("--layer", type=_layer, default=2,
-                   help="activation layer: an int, or a fraction of the depth (default 2)")
-    p.add_argument("--kv", default="drop", help="drop or keep (default drop)")
-    p.add_argument("--vision-ratio", type=float, default=0.0,
-                   help="also halt this share of each image's patches inside the vision tower, in every "
-                        "configuration but the baseline (default 0: off)")
-    p.add_argument("--vision-layer", type=_layer, default=0.25, help="vision block v_s (int, or a fraction of the depth)")
-    p.add_argument("--scope", default=None, help="all, vision or text (default: the method's)")
+    # one flag per Setting field (default: SWEPT's, else Setting's); SUPPRESS: absent unless given, so that
+    # parse_args can tell a flag from the same field in --model-args
+    for name in Setting.fields():
+        default = SWEPT.get(name, getattr(Setting(), name))
+        shown = ",".join(map(str, default)) if name in SWEPT else default
+        what = "comma-separated, each " if name in SWEPT else ""
+        note = " (every configuration but the baseline)" if name == "vision_ratio" else ""
+        p.add_argument(_flag(name), type=Setting.cli_type(name, many=name in SWEPT), default=argparse.SUPPRESS,
+                       help=f"{what}{Setting.describe(name)}{note} (default: {shown})")
     p.add_argument("--limit", type=_positive, default=None, help="first N samples of each task")
     p.add_argument("--batch-size", type=_positive, default=1)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu (per process under accelerate)")
     p.add_argument("--model-args", default="", help="more model_args for the lmms-eval model, e.g. "
-                   "max_pixels=200704,attn_implementation=flash_attention_2,dtype=bfloat16")
+                   "max_pixels=200704,attn_implementation=flash_attention_2,dtype=bfloat16; a setting field "
+                   "(kv=keep, ratio=0.5, ...) counts as its flag (--kv keep, --ratio 0.5)")
     p.add_argument("--output", type=Path, default=None, help="results folder (default: out/eval/<date-time>)")
     p.add_argument("--include-path", action="append", default=[], help="another folder of lmms-eval task YAMLs")
     p.add_argument("--online", action="store_true", help="allow the Hugging Face hub (for tasks like mme, textvqa_val)")
@@ -119,9 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _split_model_args(text: str) -> tuple[dict[str, str], str]:
+    """``({setting field: its text}, the other model_args)`` from a model_args string."""
+    from dashvl.setting import Setting
+
+    fields, rest = {}, []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() in Setting.fields():
+            fields[key.strip()] = value
+        elif item.strip():
+            rest.append(item)
+    return fields, ",".join(rest)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments; each Setting field from its flag, or from --model-args (the same), or its default."""
+    from dashvl.setting import Setting
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    given, args.model_args = _split_model_args(args.model_args)
+    for name, text in given.items():
+        if hasattr(args, name):
+            parser.error(f"{name} is given twice, by {_flag(name)} and by --model-args: give it once")
+        try:
+            setattr(args, name, Setting.cli_type(name, many=name in SWEPT)(text))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--model-args {name}={text}: {err}")
+    for name in Setting.fields():
+        if not hasattr(args, name):
+            setattr(args, name, list(SWEPT[name]) if name in SWEPT else getattr(Setting(), name))
     if args.limit is not None and args.limit % 2 and any("mme" in t for t in args.tasks):
         parser.error(f"--limit must be even with MME-style tasks ({', '.join(t for t in args.tasks if 'mme' in t)}): "
                      f"their score pairs each image's Yes and No question; got {args.limit}")
@@ -133,13 +137,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings_for(args) -> list:
     """The configurations, baseline first: ratio 0 once, then each method at each ratio > 0."""
-    from dashvl.lmms_eval_plugin import EvalSetting
+    from dashvl.setting import Setting
 
-    common = dict(layer=args.layer, kv=args.kv, scope=args.scope)
-    vision = dict(vision_ratio=args.vision_ratio, vision_layer=args.vision_layer)
+    common = {name: getattr(args, name) for name in Setting.fields() if name not in SWEPT}
     try:
-        out = [EvalSetting(method=args.method[0], ratio=0, **common)] if 0 in args.ratio else []
-        out += [EvalSetting(method=m, ratio=r, **common, **vision) for m in args.method for r in args.ratio
+        out = [Setting(method=args.method[0], ratio=0, **{**common, "vision_ratio": 0.0})] if 0 in args.ratio else []
+        out += [Setting(method=m, ratio=r, **common) for m in args.method for r in args.ratio
                 if r > 0 or args.vision_ratio]
     except ValueError as err:
         raise RunError(f"bad setting: {err}", 2) from err
@@ -201,14 +204,15 @@ def _dataset_of(manager, name: str) -> str | None:
 def load_model(args):
     """The dashvl lmms-eval model for --model, with --model-args."""
     import dashvl.lmms_eval_plugin as bridge
+    from dashvl.setting import Setting
     from dashvl.models import DEFAULT_MODEL
     from lmms_eval.utils import simple_parse_args_string
 
     extra = simple_parse_args_string(args.model_args)
-    clash = [k for k in extra if k in _DASH_MODEL_ARGS or k in ("pretrained", "batch_size", "device")]
-    if clash:
-        raise RunError(f"--model-args sets {', '.join(clash)}: the sweep sets dashvl's settings (--method, --ratio, "
-                       "--layer, --kv, --scope); use --model, --batch-size, --device for the others", 2)
+    clash = [k for k in extra if k in Setting.fields() or k in ("pretrained", "batch_size", "device")]
+    if clash:  # a setting field here would be overridden by each configuration: parse_args takes them out
+        raise RunError(f"--model-args sets {', '.join(clash)}: use --model, --batch-size, --device and the "
+                       "setting flags for these", 2)
     name = args.model or DEFAULT_MODEL
     try:
         cls = getattr(bridge, bridge.MODEL_IDS[bridge.model_id_for(name)])
@@ -389,10 +393,14 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.online:  # before huggingface_hub / datasets are imported: they read these once
+    # --online first: importing dashvl (the flags come from dashvl.setting) imports huggingface_hub, and it
+    # and datasets read these once
+    online = argparse.ArgumentParser(add_help=False)
+    online.add_argument("--online", action="store_true")
+    if not online.parse_known_args(argv)[0].online:
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[var] = "1"
+    args = parse_args(argv)
     try:
         return run(args)
     except RunError as err:

@@ -145,7 +145,9 @@ def test_a_hub_task_offline_names_the_offline_tasks(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ratio", "0,1.5"], "each ratio must be in [0, 1)"),
+    (["--ratio", "0,1.5"], "ratio must be a number in [0, 1)"),
+    (["--model-args", "kv=sometimes"], "--model-args kv=sometimes: kv must be one of ('drop', 'keep')"),
+    (["--kv", "keep", "--model-args", "kv=keep"], "kv is given twice, by --kv and by --model-args"),
     (["--limit", "3", "--tasks", "synth_mme"], "--limit must be even"),
     (["--layer", "1.5"], "must lie in (0, 1)"),
     (["--vision-ratio", "1.5"], "vision_ratio must be a number in [0, 1)"),
