@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from . import graphs, policy
+from . import graphs, methods, policy
 from .adapters import SUPPORTED_ATTENTION, Adapter
 from .config import DashConfig
 from .trace import HaltTrace, build_spans, visual_runs
@@ -70,11 +70,7 @@ class _Call:
         self.keep_cache = None     # where kv="keep" writes the frozen tokens' keys/values
         self.past_real = None      # bool [B, past] from the 2-D mask, when the call carried one
         self.graph = False         # the halted layers run as one CUDA graph (dashvl.graphs) in this call
-        self.lazy = None           # ratio 0: (ids, mask, device), from which the trace works out token kinds
-
-    @property
-    def scores_device(self):
-        return self.real.device if self.real is not None else self.lazy[2]
+        self.lazy = None           # ratio 0: the input ids, from which the trace works out token kinds
 
 
 class DashHandle:
@@ -88,6 +84,7 @@ class DashHandle:
 
     def __init__(self, model: nn.Module, config: DashConfig, adapter: Adapter, layers: nn.ModuleList, layer: int):
         self.model, self.config, self.adapter, self.layer = model, config, adapter, layer
+        self.method = methods.get(config.method)
         self._layers = layers
         self._num_layers = len(layers)
         self._backend_config = layers[0].self_attn.config
@@ -108,7 +105,7 @@ class DashHandle:
         if config.vision_ratio > 0:
             spec = adapter.vision_spec(model)
             self._vision = VisionHalting(spec, config.vision_ratio, config.resolve_vision_layer(len(spec.blocks)),
-                                         seed=config.seed if config.method == "random" else None)
+                                         self.method, config.seed)
 
     # ----------------------------------------------------------------- install / remove
 
@@ -122,11 +119,8 @@ class DashHandle:
                 lm.register_forward_pre_hook(self._on_language_model, with_kwargs=True),
                 lm.register_forward_hook(self._on_call_end, always_call=True),
                 layers[0].register_forward_pre_hook(self._on_first_layer, with_kwargs=True),
-                layers[ls].self_attn.register_forward_hook(self._on_activation_attention),
+                layers[ls].self_attn.register_forward_hook(self._on_activation_attention, with_kwargs=True),
             ]
-            if self.config.method == "fastv":
-                self._hooks.append(layers[ls].self_attn.register_forward_pre_hook(
-                    self._on_activation_attention_input, with_kwargs=True))
             # ratio 0 never halts, so nothing above l_s needs a hook (hooks cost host time per layer)
             halting = self.config.ratio > 0
             for i in range(ls + 1, self._num_layers if halting else 0):
@@ -185,7 +179,7 @@ class DashHandle:
     @property
     def vision_layer(self) -> int | None:
         """The resolved vision block v_s, or None when the vision tower is not halted."""
-        return self._vision.layer if self._vision is not None else None
+        return self._vision.block if self._vision is not None else None
 
     def __repr__(self) -> str:
         c = self.config
@@ -289,12 +283,12 @@ class DashHandle:
                              f"got shape {tuple(mask.shape)}")
         if T == 1:  # a decode step: nothing halts and nothing is traced, so no per-token bookkeeping
             return _Call(B, T, None, None, grid_kwargs)
-        if cfg.ratio == 0 and cfg.method != "fastv":
-            # nothing halts: token kinds are only for the trace, worked out if it is read (no launches now)
-            call = _Call(B, T, None, None, grid_kwargs)
-            call.lazy = (ids, mask, shaped.device)
-            return call
         real = _real_tokens(mask, B, T, shaped.device)
+        if cfg.ratio == 0:
+            # nothing halts: token kinds are only for the trace, worked out if it is read (no launches now)
+            call = _Call(B, T, real, None, grid_kwargs)
+            call.lazy = ids
+            return call
         kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
         call = _Call(B, T, real, kinds, grid_kwargs)
         if mask is not None and mask.shape[1] > T:  # padding of earlier turns, for caches built without halting
@@ -357,42 +351,24 @@ class DashHandle:
         call.cache, call.past_len = cache, past
         return None
 
-    def _on_activation_attention_input(self, module, args, kwargs):
-        """FastV: score tokens by the attention the last real token pays them at l_s."""
-        call = self._call
-        if call is None or call.T <= 1:
-            return None
-        hidden = args[0] if args else kwargs["hidden_states"]
-        cos, sin = kwargs["position_embeddings"]
-        positions = torch.arange(call.T, device=hidden.device)
-        last = torch.where(call.real, positions, -1).max(1).values  # the last real token of each row
-        query, keys = self.adapter.last_query_and_keys(module, hidden, cos, sin, last)
-        key_ok = call.real & (positions[None, :] <= last[:, None])
-        scaling = getattr(module, "scaling", module.head_dim ** -0.5)
-        call.scores = policy.fastv_scores(query, keys, key_ok, scaling)
-        return None
-
-    def _on_activation_attention(self, module, args, output):
+    def _on_activation_attention(self, module, args, kwargs, output):
         call = self._call
         if call is None or call.T <= 1:
             return None  # decode steps: generated tokens never halt
-        method = self.config.method
-        if method == "dash":
-            call.scores = policy.delta_scores(output[0] if isinstance(output, tuple) else output)
-        elif method == "random":
-            call.scores = policy.random_scores((call.B, call.T), self.config.seed, call.scores_device)
-        # fastv: scored by the pre-hook above
+        cos, sin = kwargs.get("position_embeddings") or (None, None)
+        hidden = (args[0] if args else kwargs["hidden_states"]) if self.method.needs_attention_input else None
+        update = output[0] if isinstance(output, tuple) else output
+        call.scores = self.method.score(methods.ScoreContext(module, update, hidden, cos, sin, call.real,
+                                                             self.config.seed, self.adapter))
         if call.num_halt is not None:
             halted = policy.select_halted(call.scores, call.eligible, call.num_halt)
             call.active = call.real & ~halted
             call.index, call.valid = policy.compact_index(call.active, call.width)
             if self.config.kv == "keep":
                 call.h_index, call.h_valid = policy.compact_index(halted, call.h_width)
-        if call.kinds is None:  # ratio 0: the trace works out kinds from the call's ids and mask
-            self._trace_parts = (call.scores, None, call.lazy, call.grid_kwargs)
-        else:
-            self._trace_parts = (call.scores, call.active if call.active is not None else call.real,
-                                 call.kinds, call.grid_kwargs)
+        # ratio 0: kinds is None, and the trace works out kinds from the call's ids
+        self._trace_parts = (call.scores, call.active if call.active is not None else call.real,
+                             call.kinds, call.lazy, call.grid_kwargs)
         return None
 
     def _on_halted_layer(self, i, module, args, kwargs):
@@ -512,12 +488,9 @@ class DashHandle:
 
     # ----------------------------------------------------------------- trace
 
-    def _build_trace(self, scores, active, kinds, grid_kwargs) -> HaltTrace:
-        if isinstance(kinds, tuple):  # a ratio-0 call: (input ids, 2-D mask, device)
-            ids, mask, device = kinds
-            real = _real_tokens(mask, *scores.shape, device)
-            kinds = policy.token_kinds(ids, real, self._image_id, self._video_id)
-            active = real
+    def _build_trace(self, scores, active, kinds, ids, grid_kwargs) -> HaltTrace:
+        if kinds is None:  # a ratio-0 call
+            kinds = policy.token_kinds(ids, active, self._image_id, self._video_id)
         kinds = kinds.cpu()
         real = kinds != policy.KIND_PAD
         active = active.cpu() & real

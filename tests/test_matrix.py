@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import dashvl
+from dashvl import methods
 from helpers import Reference, assert_same_generation, build, make_inputs, reference_halted, visual_kinds
 
 BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
@@ -60,7 +61,7 @@ SCORES = {
 
 
 def test_every_method_is_in_the_matrix():
-    assert set(SCORES) == set(dashvl.config.METHODS)
+    assert set(SCORES) == set(methods.names("llm"))
 
 
 def _scope(method, family):
