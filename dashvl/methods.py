@@ -5,12 +5,12 @@ Modelled on kvpress's ``ScorerPress.score``: a new rule is a subclass with a ``s
 entry in ``_ALL``. The tensor code stays in ``dashvl.policy``; the engine and the vision tower call
 ``method.score(ctx)`` / ``method.vision_score(update, seed)`` and never test a method's name.
 
-    class KeyNorm(Method):
-        name, summary = "knorm", "the norm of the layer's input (lowest halts)"
+    class InputNorm(Method):
+        name, summary = "input-norm", "the norm of the activation layer's normed input (lowest halts)"
         needs_attention_input = True
 
         def score(self, ctx):
-            return -policy.delta_scores(ctx.hidden)
+            return policy.delta_scores(ctx.hidden)
 
 Stages: ``"llm"`` methods score tokens inside ``dashvl.compress``; ``"inputs"`` methods change the inputs
 before the model sees them (``downsample``) and are refused by ``DashConfig``.
