@@ -2,8 +2,8 @@
 
 Glossary (one word per concept, in code and docstrings):
 
-- **activation layer** ``l_s`` (``activation_layer``; public: ``DashHandle.layer``): the decoder layer whose
-  attention output U scores every prompt token. Layers ``0 .. l_s`` run on every token.
+- **activation layer** ``l_s`` (``DashHandle.layer``, ``DashConfig.layer``; ``ls`` in local code): the decoder
+  layer whose attention output U scores every prompt token. Layers ``0 .. l_s`` run on every token.
 - **halted** tokens: the lowest-scored eligible tokens at ``l_s``; no query, no MLP above it.
   **active** tokens: the others (always including the last prompt token). **frozen** state: the hidden state
   a halted token keeps, the output of ``l_s`` (``frozen``, [B, T, d]).
@@ -22,9 +22,10 @@ Glossary (one word per concept, in code and docstrings):
 - **graph path** (``graphs``): on CUDA, the halted region replayed as one captured CUDA graph.
 - **method** (``dashvl.methods``): the rule that scores tokens at ``l_s``; lower halts first.
 
-Modules: ``handle`` (installs / removes the hooks; the hooks themselves), ``plan`` (one call's plan),
-``region`` (gather, masks, scatter, cache layout), ``frozen_keys`` (kv="keep"), ``graphs`` (the CUDA-graph path),
-``checks`` (refusals), ``record`` (the trace of a prefill), ``handles`` (which model carries which handle).
+Modules: ``handle`` (installs / removes the hooks, shows the trace), ``flow`` (the hooks: each step of a call),
+``plan`` (one call's plan), ``region`` (gather, masks, scatter, cache layout), ``frozen_keys`` (kv="keep"),
+``graphs`` (the CUDA-graph path), ``checks`` (refusals), ``record`` (the trace of a prefill), ``handles`` (which
+model carries which handle).
 Knows no model family: everything family-specific comes from ``dashvl.adapters``.
 """
 from .handle import DashHandle

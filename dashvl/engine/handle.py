@@ -59,9 +59,9 @@ class DashHandle:
             ]
             # ratio 0 never halts, so nothing above l_s needs a hook (hooks cost host time per layer)
             if self.config.ratio > 0:
-                for i in range(ls + 1, self.num_layers):
-                    hook = functools.partial(flow.on_halted_layer, i)
-                    self._hooks.append(decoder_layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+                for layer_index in range(ls + 1, self.num_layers):
+                    hook = functools.partial(flow.on_halted_layer, layer_index)
+                    self._hooks.append(decoder_layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True))
                 self._hooks.append(decoder_layers[-1].register_forward_hook(flow.on_last_layer))
                 if self.config.cuda_graph is not False:
                     flow.install_graph_path()
