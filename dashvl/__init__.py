@@ -10,7 +10,7 @@ from . import baselines, flops  # light modules the README uses as dashvl.baseli
 from .api import compress, get_handle, restore
 from .config import DashConfig
 from .engine import DashHandle
-from .graphs import release as release_graphs
+from .graphs import release as release_graphs  # dashvl.graphs is dashvl.engine.graphs
 from .models import load_model
 from .setting import Setting, apply
 from .trace import HaltTrace, VisualSpan

@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 from torch import nn
 
 from .adapters import adapter_for
 from .config import DashConfig
-from .engine import DashHandle
+from .engine import DashHandle, handles
 
 __all__ = ["compress", "restore", "get_handle"]
-
-# model -> its DashHandle; weak so a dropped model takes its handle with it
-_HANDLES: "weakref.WeakKeyDictionary[nn.Module, DashHandle]" = weakref.WeakKeyDictionary()
 
 
 def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> DashHandle:
@@ -37,23 +33,23 @@ def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> 
         raise ValueError("compress the model before torch.compile, or pass the uncompiled model (model._orig_mod); "
                          "dashvl's hooks do not run under torch.compile")
     adapter = adapter_for(model)
-    layers = adapter.decoder_layers(model)
-    layer = config.resolve_layer(len(layers))
-    handle = DashHandle(model, config, adapter, layers, layer)
+    decoder_layers = adapter.decoder_layers(model)
+    layer = config.resolve_layer(len(decoder_layers))
+    handle = DashHandle(model, config, adapter, decoder_layers, layer)
     handle.check_backend()
     handle.check_generation()
 
-    old = _HANDLES.get(model)
+    old = handles.installed(model)
     if old is not None:
         old.remove()
     handle._install()
-    _HANDLES[model] = handle
+    handles.register(model, handle)
     return handle
 
 
 def restore(model: nn.Module) -> bool:
     """Remove DASH from ``model``. Returns True if it was compressed."""
-    handle = _HANDLES.get(model)
+    handle = handles.installed(model)
     if handle is None:
         return False
     handle.remove()
@@ -62,9 +58,4 @@ def restore(model: nn.Module) -> bool:
 
 def get_handle(model: nn.Module) -> DashHandle | None:
     """The handle installed on ``model``, if any."""
-    return _HANDLES.get(model)
-
-
-def _forget(handle: DashHandle) -> None:
-    if _HANDLES.get(handle.model) is handle:
-        del _HANDLES[handle.model]
+    return handles.installed(model)

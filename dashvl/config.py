@@ -4,14 +4,14 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
+from . import methods
+
 __all__ = ["DashConfig", "KV_MODES", "SCOPES", "METHODS"]
 
 KV_MODES = ("drop", "keep")
 SCOPES = ("all", "vision", "text")
-# How tokens are scored at the activation layer (lowest halts); see DashHandle._on_activation_attention.
-METHODS = ("dash", "random", "fastv")
-# Each method's scope when none is given: FastV ranks image tokens only.
-DEFAULT_SCOPE = {"dash": "all", "random": "all", "fastv": "vision"}
+# The methods compress() takes (dashvl.methods holds them; this alias is for older imports).
+METHODS = methods.names("llm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,14 +25,16 @@ class DashConfig:
         kv: ``"drop"`` (halted tokens are neither queries nor keys above l_s; the paper) or
             ``"keep"`` (halted tokens still serve as keys/values, from their frozen state).
         scope: which tokens may halt: ``"all"`` (the paper), ``"vision"`` (image/video tokens) or
-            ``"text"``. None: the method's default (``"vision"`` for FastV, else ``"all"``).
+            ``"text"``. None: the method's ``default_scope`` (``"vision"`` for FastV, else ``"all"``).
         protect_last: the last N real prompt tokens of each row never halt (N >= 1: the last
             token's logits are the output of prefill).
-        method: the score that ranks tokens: ``"dash"`` (Δ = ||U||₂), ``"random"`` (uniform, seeded) or
-            ``"fastv"`` (attention the last token pays each token at l_s, averaged over heads).
+        method: the score that ranks tokens, a name in ``dashvl.methods.names("llm")``: ``"dash"``
+            (Δ = ||U||₂), ``"random"`` (uniform, seeded) or ``"fastv"`` (attention the last token pays each
+            token at l_s, averaged over heads).
         seed: the seed of ``"random"``.
         vision_ratio: fraction of each image's patches that halt inside the vision tower (0: off). Ranked
-            by Δ, or at random with method="random" (FastV has no vision-tower form: with it, Δ ranks them).
+            by the method's ``vision_score``: Δ, or at random with method="random" (FastV has no
+            vision-tower form: with it, Δ ranks them).
         vision_layer: the vision block v_s where they halt: an int in [0, depth-2] or a float in (0, 1).
         cuda_graph: replay the layers above l_s as a CUDA graph per (batch, width) shape, so short prompts
             gain too (see ``dashvl.graphs``). None (default): wherever it applies (a fresh prefill, either kv
@@ -52,13 +54,9 @@ class DashConfig:
     cuda_graph: bool | None = None
 
     def __post_init__(self):
-        if self.method == "downsample":
-            raise ValueError("method='downsample' resizes images before the model sees them: use "
-                             "dashvl.baselines.downsample(model, processor, ratio) instead of compress()")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        method = methods.get(self.method, stage="llm")  # ValueError naming the methods compress() takes
         if self.scope is None:
-            object.__setattr__(self, "scope", DEFAULT_SCOPE[self.method])
+            object.__setattr__(self, "scope", method.default_scope)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an int; got {self.seed!r}")
         _check_ratio("ratio", self.ratio, "eligible tokens")

@@ -1,7 +1,7 @@
 """Theoretical prefill FLOPs of the language model, unmodified and as a HaltTrace ran it.
 
 Counts matrix multiplies (2 FLOPs per multiply-add): the attention projections, the causal QK^T and AV
-products over the (query, key) pairs actually formed, the MLP and, for kv="keep", the frozen tokens' key /
+products over the (query, key) pairs actually formed, the MLP and, for kv="keep", the halted tokens' key /
 value projections. Norms, RoPE, softmax and the LM head (one token under generate) are left out: they are
 small next to these and the same with and without halting.
 """

@@ -84,15 +84,16 @@ class VisionTrace:
 class VisionHalting:
     """Hooks on one vision tower. Created and removed by DashHandle."""
 
-    def __init__(self, spec: VisionSpec, ratio: float, layer: int, seed: int | None = None):
-        """``seed``: rank patches by uniform random scores from it (method="random"), not by Δ."""
-        self.spec, self.ratio, self.layer, self.seed = spec, ratio, layer, seed
+    def __init__(self, spec: VisionSpec, ratio: float, block: int, method, seed: int = 0):
+        """``block``: v_s. ``method``: the ``dashvl.methods.Method`` whose ``vision_score(U, seed)`` ranks patches."""
+        self.spec, self.ratio, self.block, self.method, self.seed = spec, ratio, block, method, seed
         self._hooks: list = []
         self._state = None
         self.trace_parts = None
+        self.calls = 0  # tower calls that halted patches: the handle rebuilds its trace when this moves
 
     def install(self) -> list:
-        s, v = self.spec, self.layer
+        s, v = self.spec, self.block
         self._hooks += [
             s.tower.register_forward_pre_hook(self._on_tower, with_kwargs=True),
             s.tower.register_forward_hook(self._on_tower_end, always_call=True),
@@ -118,15 +119,13 @@ class VisionHalting:
         if st is None:
             return None
         update = output[0] if isinstance(output, tuple) else output
-        if self.seed is None:
-            scores = policy.delta_scores(update)
-        else:
-            scores = policy.random_scores(tuple(update.shape[:-1]), self.seed, update.device)
+        scores = self.method.vision_score(update, self.seed)
         if self.spec.layout == "packed":
             self._select_packed(st, scores, kwargs)
         else:
             self._select_batched(st, scores)
         self.trace_parts = (scores, st["active"], st["grids"], st["starts"], st.get("order"))
+        self.calls += 1
         return None
 
     def _select_packed(self, st, scores, kwargs):
@@ -207,6 +206,6 @@ class VisionHalting:
             order = order.cpu()
             scores = torch.empty_like(scores).index_copy_(0, order, scores)
             active = torch.empty_like(active).index_copy_(0, order, active)
-        return VisionTrace(layer=self.layer, num_blocks=num_blocks, ratio=self.ratio, scores=scores,
+        return VisionTrace(layer=self.block, num_blocks=num_blocks, ratio=self.ratio, scores=scores,
                            active=active, grids=grids, merge=self.spec.merge, prefix=self.spec.prefix,
                            starts=starts)

@@ -1,13 +1,12 @@
-"""The CUDA-graph path of the halted layers (dashvl.graphs), run on the CPU in emulation: the same layer
+"""The CUDA-graph path of the halted layers (dashvl.engine.graphs), run on the CPU in emulation: the same layer
 swap, static buffers and replays as on a GPU, with the capture replaced by an eager run. The capture itself
-is checked on the GPU by bench/gpu_prefill.py (graph vs eager outputs)."""
+is checked on the GPU by tests/gpu/test_graph_path.py (graph vs layers one by one)."""
 import pytest
 import torch
 
 import dashvl
-from tests import test_generation
-from tests import test_reference
-from dashvl import graphs
+from dashvl.engine import graphs
+from tests import test_generation, test_reference
 from tests.helpers import (Reference, assert_same_generation, build, generate, layers_of, make_inputs, reference_halted,
                      visual_kinds)
 

@@ -92,18 +92,19 @@ class Adapter:
         k, _ = rope(k, k, cos, sin)
         return q, k
 
-    def halted_kv(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Keys and values that frozen tokens contribute to ``layer`` (kv="keep").
+    def halted_kv(self, decoder_layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Keys and values that halted tokens contribute to ``decoder_layer`` (kv="keep").
 
         Args:
-            hidden: [B, H, d] frozen hidden states; cos, sin: [B, H, head_dim] at their original positions.
+            hidden: [B, H, d] the halted tokens' frozen hidden states.
+            cos, sin: [B, H, head_dim] at their original positions.
         Returns:
             keys, values: [B, kv_heads, H, head_dim], RoPE applied as the layer's own attention does.
         """
-        attn = layer.self_attn
-        device = attn.k_proj.weight.device  # the layer may sit on another device than l_s (device_map)
+        attn = decoder_layer.self_attn
+        device = attn.k_proj.weight.device  # the decoder layer may sit on another device than l_s (device_map)
         hidden, cos, sin = hidden.to(device), cos.to(device), sin.to(device)
-        x = layer.input_layernorm(hidden)
+        x = decoder_layer.input_layernorm(hidden)
         B, H, _ = x.shape
         k = attn.k_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)

@@ -1,0 +1,68 @@
+"""Refusals: what the engine cannot serve exactly, each raised before or instead of touching the call."""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+from ..adapters import SUPPORTED_ATTENTION
+
+__all__ = ["check_backend", "check_generation", "check_call", "check_cache", "check_cache_origin", "check_window"]
+
+# Cache layers that grow by concatenation. Sliding ones behave the same while the sequence fits in the
+# window, which ``check_window`` enforces.
+_DYNAMIC_CACHE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def check_backend(backend: str, kv_mode: str) -> None:
+    """``backend``: the attention implementation in force (``config._attn_implementation``)."""
+    if backend not in SUPPORTED_ATTENTION:
+        raise ValueError(f"attention backend {backend!r} is not supported by dashvl; use one of "
+                         f"{', '.join(SUPPORTED_ATTENTION)} (attn_implementation=... when loading)")
+    if backend.startswith("flash") and kv_mode == "keep":
+        raise ValueError("kv='keep' needs an explicit attention mask, which flash_attention_2 cannot take; "
+                         "use kv='drop' with flash_attention_2, or attn_implementation='sdpa' / 'eager'")
+
+
+def check_generation(model) -> None:
+    gen = getattr(model, "generation_config", None)
+    impl = getattr(gen, "cache_implementation", None)
+    if impl not in (None, "dynamic"):
+        raise ValueError(f"generation_config.cache_implementation={impl!r} is not supported: dashvl needs "
+                         "the dynamic cache (halted layers keep shorter caches); set it to None")
+    if getattr(gen, "prefill_chunk_size", None):
+        raise ValueError("chunked prefill (generation_config.prefill_chunk_size) is not supported: DASH "
+                         "halts tokens of a whole prompt at once; set prefill_chunk_size to None")
+
+
+def check_call(model, kwargs: dict) -> None:
+    """A model call's keyword arguments."""
+    if torch.compiler.is_compiling():
+        raise RuntimeError("dashvl does not run under torch.compile; compile a restored model instead")
+    if kwargs.get("output_hidden_states") or kwargs.get("output_attentions") or \
+            getattr(model.config, "output_hidden_states", False):
+        raise ValueError("output_hidden_states / output_attentions are not available on a compressed model "
+                         "(halted layers run on fewer tokens); read handle.trace, or restore the model first")
+
+
+def check_cache(cache, first_halted: int) -> None:
+    """The cache a call brought, before anything is read from it."""
+    if not isinstance(cache, DynamicCache) or \
+            any(type(c) not in _DYNAMIC_CACHE_LAYERS for c in cache.layers[first_halted:]):
+        raise ValueError(f"{type(cache).__name__} is not supported: dashvl needs a DynamicCache "
+                         "(halted layers keep shorter caches); static and quantized caches are not")
+
+
+def check_cache_origin(cache, layout, first_halted: int, batch: int) -> None:
+    """A non-empty cache must have been built by this compressed model: its halted layers hold what
+    ``layout`` (the handle's ``CacheLayout`` for it, or None when nothing halted) says."""
+    stored = cache.get_seq_length(first_halted)
+    expected = layout.key_pos.shape[1] if layout is not None else cache.get_seq_length()
+    if stored != expected or (layout is not None and layout.key_pos.shape[0] != batch):
+        raise RuntimeError("this cache was not built by this compressed model (its halted layers hold "
+                           f"{stored} tokens, {expected} expected); start from an empty cache")
+
+
+def check_window(window: int | None, length: int) -> None:
+    if window is not None and length > window:
+        raise ValueError(f"this model uses sliding-window attention (window {window}); dashvl is exact "
+                         f"only for sequences within the window, and this one has {length} tokens")

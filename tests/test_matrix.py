@@ -1,0 +1,96 @@
+"""Every scoring method x every backbone x both kv modes x SDPA / eager, against the slow full-length reference.
+
+Each method's scores are computed here plainly, without dashvl's scoring code (``SCORES``, one line a method):
+
+- dash: Δ = ||U||₂ of the activation layer's attention output, from a forward hook on the unmodified model;
+- random: the seeded uniform draw, ``torch.rand([B, T])`` from a generator seeded with the config's seed;
+- fastv: the attention row of each row's last real token at l_s, averaged over heads, read from the eager twin's
+  ``output_attentions`` (the tiny models are seeded: the eager twin has the same weights).
+
+Scope: each method's default (FastV's is "vision"). Text-only backbones have no visual tokens, so there a method
+whose default is "vision" runs with scope="all": otherwise nothing would halt and the case would prove nothing.
+
+The reference then halts the lowest-scored eligible tokens (``reference_halted``) and runs full-length forwards
+with them masked (``Reference``); dashvl must halt the same set and give the same greedy tokens and logits.
+A new method is one line in ``SCORES``; ``test_every_method_is_in_the_matrix`` fails until it is there.
+"""
+import pytest
+import torch
+
+import dashvl
+from dashvl import methods
+from tests.helpers import Reference, assert_same_generation, build, make_inputs, reference_halted, visual_kinds
+
+BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
+TEXT_ONLY = ("llama", "qwen2", "mistral")
+LAYER, RATIO, SEED, STEPS = 1, 0.5, 7, 3
+ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order
+
+
+def _delta(model, family, inputs):
+    return Reference(model, LAYER, "drop").scores(inputs)
+
+
+def _uniform(model, family, inputs):
+    B, T = inputs["input_ids"].shape
+    return torch.rand((B, T), generator=torch.Generator().manual_seed(SEED))
+
+
+_ATTENTION_ROWS: dict = {}
+
+
+@torch.no_grad()
+def _last_token_attention(model, family, inputs):
+    """float32 [B, T]: softmax attention of each row's last real token at l_s, mean over heads (eager twin)."""
+    if family not in _ATTENTION_ROWS:
+        eager, _ = build(family, "eager")
+        weights = eager(**inputs, output_attentions=True, use_cache=False).attentions[LAYER]  # [B, H, T, T]
+        real = inputs["attention_mask"].bool()
+        positions = torch.arange(real.shape[1])
+        last = torch.where(real, positions, -1).max(1).values
+        rows = weights[torch.arange(real.shape[0]), :, last]                                 # [B, H, T]
+        _ATTENTION_ROWS[family] = rows.float().mean(1)
+    return _ATTENTION_ROWS[family]
+
+
+SCORES = {
+    "dash": _delta,
+    "random": _uniform,
+    "fastv": _last_token_attention,
+}
+
+
+def test_every_method_is_in_the_matrix():
+    assert set(SCORES) == set(methods.names("llm"))
+
+
+def _scope(method, family):
+    scope = dashvl.DashConfig(method=method).scope
+    return "all" if family in TEXT_ONLY and scope == "vision" else scope
+
+
+@pytest.mark.parametrize("method", list(SCORES))
+@pytest.mark.parametrize("family", BACKBONES)
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_method_matches_reference(method, family, kv, attn):
+    model, _ = build(family, attn)
+    inputs = make_inputs(family, 3)
+    real = inputs["attention_mask"].bool()
+    assert not real.all()  # the batch really is padded
+    scope = _scope(method, family)
+    scores = SCORES[method](model, family, inputs)
+    halted = reference_halted(scores, real, visual_kinds(model, inputs["input_ids"]), RATIO, scope)
+    assert halted.any()
+    tokens, logits = Reference(model, LAYER, kv).greedy(inputs, halted, steps=STEPS)
+
+    with dashvl.compress(model, method=method, ratio=RATIO, layer=LAYER, kv=kv, scope=scope, seed=SEED) as h, \
+            torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        trace = h.trace
+    assert trace.method == method and trace.scope == scope
+    torch.testing.assert_close(trace.scores[real], scores[real].float(), atol=1e-5, rtol=1e-4)
+    assert torch.equal(trace.halted, halted)
+    assert torch.equal(trace.active, real & ~halted)
+    assert_same_generation(out, inputs, tokens, logits, ATOL)
