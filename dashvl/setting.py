@@ -14,27 +14,19 @@ from __future__ import annotations
 import dataclasses
 import weakref
 
+from . import methods
 from .config import KV_MODES, SCOPES, DashConfig
 
 __all__ = ["Setting", "Applied", "apply", "method_names"]
 
-# replaced by dashvl.methods at merge: each method's stage ("llm": halting inside the model through
-# dashvl.compress; "inputs": fewer visual tokens before the model, through dashvl.baselines)
-_STAGES = {"dash": "llm", "random": "llm", "fastv": "llm", "downsample": "inputs"}
-
-
 def _stage(name) -> str:
-    """``"llm"`` or ``"inputs"`` for a method name; ValueError naming the methods otherwise."""
-    if not isinstance(name, str) or name not in _STAGES:
-        raise ValueError(f"method must be one of {method_names()}; got {name!r}")
-    return _STAGES[name]
+    """``"llm"`` or ``"inputs"`` for a method name (``dashvl.methods``); ValueError naming the methods otherwise."""
+    return methods.get(name).stage
 
 
 def method_names(stage: str | None = None) -> tuple[str, ...]:
     """The method names (of one stage, ``"llm"`` or ``"inputs"``, when given), for CLIs and UIs."""
-    if stage not in (None, "llm", "inputs"):
-        raise ValueError(f"stage must be None, 'llm' or 'inputs'; got {stage!r}")
-    return tuple(n for n, s in _STAGES.items() if stage is None or s == stage)
+    return methods.names(stage)
 
 
 # ------------------------------------------------------------------------------------- text <-> values

@@ -103,11 +103,11 @@ def test_labels_are_the_results_folders_names():
     assert Setting(ratio=0).label == "baseline" and isinstance(Setting(ratio=0).ratio, float)
 
 
-def test_methods_come_from_one_table_that_agrees_with_dash_config():
+def test_methods_come_from_the_registry_that_dash_config_reads():
     assert method_names("llm") == LLM_METHODS and method_names("inputs") == ("downsample",)
     assert method_names() == LLM_METHODS + ("downsample",)
     assert {Setting(method=m).stage for m in method_names()} == {"llm", "inputs"}
-    with pytest.raises(ValueError, match="stage must be None, 'llm' or 'inputs'"):
+    with pytest.raises(ValueError, match=r"stage must be one of \('llm', 'inputs'\) or None"):
         method_names("vision")
 
 
