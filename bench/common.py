@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -193,3 +195,22 @@ def markdown(rows, extra_cols=()) -> str:
             cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def setup(args, script: str, argv=None):
+    """The benchmarks' common start: threads, seed, the model at ``args.model``'s shapes (bf16 on CUDA, float32 on
+    the CPU; the real vision tower only with ``args.mode == "e2e"``) and the record of machine, versions and
+    command. Returns ``(model, cuda, info)``."""
+    cuda = args.device.startswith("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.model, args.device, torch.bfloat16 if cuda else torch.float32, attn=args.attn,
+                        vision=args.mode == "e2e")
+    info = dict(device=torch.cuda.get_device_name() if cuda else
+                f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+                torch=torch.__version__, transformers=__import__("transformers").__version__,
+                python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
+                command=f"python -m {script} " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(info, flush=True)
+    return model, cuda, info

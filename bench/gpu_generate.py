@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 
 import torch
 
 import dashvl
-from bench.common import build_model, visual_inputs
+from bench.common import setup, visual_inputs
 
 DEFAULT_SETTINGS = "unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep;ratio=0.75,layer=2,cuda_graph=False"
 
@@ -182,19 +180,8 @@ def main(argv=None, **defaults):
     new_tokens = [int(n) for n in args.new.split(",")]
     if min(new_tokens) < 2:
         p.error("--new: each answer length must be >= 2 (the per-token time is measured between 1 and N)")
-    cuda = args.device.startswith("cuda")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args.model, args.device, torch.bfloat16 if cuda else torch.float32, attn=args.attn,
-                        vision=args.mode == "e2e")
+    model, cuda, info = setup(args, "bench.gpu_generate", argv)
     model.generation_config.eos_token_id = None  # random weights: never stop early
-    info = dict(device=torch.cuda.get_device_name() if cuda else
-                f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
-                torch=torch.__version__, transformers=__import__("transformers").__version__,
-                python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
-                command="python -m bench.gpu_generate " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(info, flush=True)
     results = []
     for T in [int(t) for t in args.tokens.split(",")]:
         for B in [int(b) for b in args.batch.split(",")]:

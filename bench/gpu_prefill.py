@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 
 import torch
 
 import dashvl
-from bench.common import Variant, _timed, build_model, markdown, time_settings, visual_inputs
+from bench.common import Variant, _timed, markdown, setup, time_settings, visual_inputs
 from dashvl import policy
 from dashvl.setting import Setting, method_names
 
@@ -56,19 +54,7 @@ def main(argv=None, **defaults):
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
 
-    cuda = args.device.startswith("cuda")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args.model, args.device, torch.bfloat16 if cuda else torch.float32, attn=args.attn,
-                        vision=args.mode == "e2e")
-    device_name = torch.cuda.get_device_name() if cuda else \
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    info = dict(device=device_name, torch=torch.__version__, transformers=__import__("transformers").__version__,
-                python=platform.python_version(), model=args.model, mode=args.mode, attn=args.attn,
-                command="python " + " ".join(sys.argv) if argv is None else
-                "python -m bench.gpu_prefill " + " ".join(argv))
-    print(info, flush=True)
+    model, cuda, info = setup(args, "bench.gpu_prefill", argv)
     try:  # each value checked by Setting, with its message
         methods, ratios, layers, kvs, vision_ratios = (
             [Setting.parse_value(name, x) for x in text.split(",") if x.strip()] for name, text in (

@@ -21,6 +21,26 @@ def cuda():
 
 
 @pytest.fixture
+def on_gpu(cuda):
+    """``on_gpu(family) -> (model, processor)``: a tests.helpers model moved to the GPU; moved back and its graphs
+    freed afterwards (the CPU tests share the cached models)."""
+    import dashvl
+    from tests.helpers import build
+
+    used = []
+
+    def get(family):
+        model, proc = build(family)
+        used.append(model)
+        return model.to(cuda), proc
+
+    yield get
+    for model in used:
+        model.to("cpu")
+        dashvl.release_graphs(model)
+
+
+@pytest.fixture
 def record(request):
     """``record(result)``: keep one check's numbers for the report, under the test's id."""
     return lambda result: _RECORDS.__setitem__(request.node.nodeid, result)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dashvl
-from tests.helpers import build, generate, make_inputs
+from tests.helpers import generate, make_inputs
 
 ATOL = 1e-4
 # every backbone the CPU tests build: the two model families, LLaVA on other text models, plain decoders
@@ -33,22 +33,6 @@ def compare(model, inputs, kv="drop", **kw) -> dict:
     same = torch.equal(got.sequences, want.sequences) and torch.equal(again.sequences, want.sequences)
     return dict(same_tokens=same, max_logit_diff=diff, captures=counts[0], replays=counts[1],
                 ok=same and diff < ATOL and counts[0] >= 1 and counts[1] >= 1)
-
-
-@pytest.fixture
-def on_gpu(cuda):
-    """``on_gpu(family) -> (model, processor)`` moved to the GPU; moved back and its graphs freed afterwards."""
-    used = []
-
-    def get(family):
-        model, proc = build(family)
-        used.append(model)
-        return model.to(cuda), proc
-
-    yield get
-    for model in used:
-        model.to("cpu")
-        dashvl.release_graphs(model)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

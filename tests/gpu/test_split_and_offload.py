@@ -50,19 +50,12 @@ def test_split_map_puts_the_upper_layers_on_the_second_device():
 
 
 @pytest.fixture
-def gpu_model(cuda):
-    used = []
-
+def gpu_model(on_gpu, cuda):
+    """``gpu_model(family) -> (model on the GPU, a padded batch of 3 there)``."""
     def get(family):
-        model, _ = build(family)
-        used.append(model)
-        inputs = {k: v.to(cuda) for k, v in make_inputs(family, 3).items()}
-        return model.to(cuda), inputs
-
-    yield get
-    for model in used:
-        model.to("cpu")
-        dashvl.release_graphs(model)
+        model, _ = on_gpu(family)
+        return model, {k: v.to(cuda) for k, v in make_inputs(family, 3).items()}
+    return get
 
 
 @pytest.mark.parametrize("family", FAMILIES)
