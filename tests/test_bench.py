@@ -30,3 +30,22 @@ def test_prefill_benchmark_runs_on_cpu(tmp_path, model, mode):
         assert len(vision_rows) == 2 and all(r["limit"] > 1 for r in vision_rows)
         (down,) = [r for r in entry["e2e_rows"] if r["setting"].startswith("downsample=0.5")]
         assert down["ms"] > 0 and down["speedup"] > 0
+
+
+def test_generate_benchmark_runs_on_cpu(tmp_path):
+    from bench.gpu_generate import main, parse_settings
+
+    with pytest.raises(ValueError, match="ratio must be a number in"):
+        parse_settings("unmodified;ratio=1.5")
+    results = main(["--model", "qwen2-vl-mid", "--device", "cpu", "--tokens", "64", "--batch", "1,2", "--new", "3",
+                    "--cache", "dynamic", "--settings", "unmodified;ratio=0;ratio=0.5,layer=2,kv=keep", "--reps", "1",
+                    "--warmup", "0", "--out", str(tmp_path)])
+    assert [(r["tokens"], r["batch"]) for r in results] == [(64, 1), (64, 2)]
+    for entry in results:
+        base, zero, keep = entry["rows"]
+        assert base["setting"] == "unmodified" and keep["setting"] == "ratio=0.5,layer=2,kv=keep"
+        for row in (base, zero, keep):
+            assert row["ttft"] > 0 and row["whole_3"] > 0 and row["per_token"] == (row["whole_3"] - row["ttft"]) / 2
+        assert keep["ttft_speedup"] == base["ttft"] / keep["ttft"]
+    (saved,) = tmp_path.glob("generate_qwen2-vl-mid_llm_cpu_sdpa.json")
+    assert json.loads(saved.read_text())["results"] == json.loads(json.dumps(results))
