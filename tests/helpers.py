@@ -5,7 +5,7 @@ import torch
 
 from dashvl.tiny import sample_image, tiny_decoder, tiny_llava, tiny_qwen2_vl
 
-FAMILIES = ("qwen2_vl", "llava", "llama")
+BACKBONES = ("qwen2_vl", "llava", "llama")  # model families (synthvqa.suite.FAMILIES are question families)
 NEW_TOKENS = 8
 
 

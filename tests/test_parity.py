@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import dashvl
-from tests.helpers import FAMILIES, build, generate, make_inputs
+from tests.helpers import BACKBONES, build, generate, make_inputs
 
-CASES = [(f, a, b, i) for f in FAMILIES for a in ("sdpa", "eager") for b in (1, 3) for i in (1, 2)
+CASES = [(f, a, b, i) for f in BACKBONES for a in ("sdpa", "eager") for b in (1, 3) for i in (1, 2)
          if not (f == "llama" and i == 2)]
 
 
@@ -32,7 +32,7 @@ def test_ratio_zero_is_bitwise_unmodified(family, attn, batch, images, kv):
     assert torch.equal(step_logits, ref_step_logits)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BACKBONES)
 def test_restore_is_bitwise_and_removes_every_hook(family):
     model, _ = build(family)
     inputs = make_inputs(family, 3)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dashvl
-from tests.helpers import (FAMILIES, assert_same_generation, build, generate, layers_of, make_inputs, Reference,
+from tests.helpers import (BACKBONES, assert_same_generation, build, generate, layers_of, make_inputs, Reference,
                      reference_halted, visual_kinds)
 
 ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order
@@ -27,7 +27,7 @@ def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope=
     assert_same_generation(out, inputs, ref_tokens, ref_logits, ATOL)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BACKBONES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
@@ -74,7 +74,7 @@ def test_plain_forward_without_cache_matches_reference():
         torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BACKBONES)
 def test_halted_layers_process_only_active_tokens(family):
     """Counted at the query projections, not in the engine's bookkeeping."""
     model, _ = build(family)

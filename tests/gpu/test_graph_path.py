@@ -19,7 +19,7 @@ from tests.helpers import generate, make_inputs
 ATOL = 1e-4
 # every backbone the CPU tests build: the two model families, LLaVA on other text models, plain decoders
 # (Mistral with its sliding-window cache)
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
+BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
 
 
 def compare(model, inputs, kv="drop", **kw) -> dict:
@@ -35,7 +35,7 @@ def compare(model, inputs, kv="drop", **kw) -> dict:
                 ok=same and diff < ATOL and counts[0] >= 1 and counts[1] >= 1)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BACKBONES)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_graph_equals_layers_one_by_one(on_gpu, cuda, record, family, batch, kv):

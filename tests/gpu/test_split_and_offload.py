@@ -18,7 +18,7 @@ import dashvl
 from tests.helpers import build, generate, layers_of, make_inputs
 
 ATOL = 1e-4
-FAMILIES = ("qwen2_vl", "llava", "llama")
+BACKBONES = ("qwen2_vl", "llava", "llama")
 
 
 def _diff(a, b) -> float:
@@ -58,7 +58,7 @@ def gpu_model(on_gpu, cuda):
     return get
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BACKBONES)
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_offloading_cache_under_the_graph_path(gpu_model, record, family, kv):
     from transformers import DynamicCache
@@ -77,7 +77,7 @@ def test_offloading_cache_under_the_graph_path(gpu_model, record, family, kv):
     assert _same(got, want) and d < ATOL and captures >= 1
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BACKBONES)
 def test_split_over_two_gpus(gpu_model, record, family):
     """``model`` on cuda:0; a copy split over cuda:0 and cuda:1."""
     if torch.cuda.device_count() < 2:
