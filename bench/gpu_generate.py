@@ -6,7 +6,9 @@ host's drift hits all alike), greedy, with every answer forced to its full lengt
 
 - ``ttft``: ``generate(max_new_tokens=1)``, the prefill and one token;
 - ``whole_N``: ``generate(max_new_tokens=N)`` for each N in ``--new``;
-- ``per_token``: ``(whole_N - ttft) / (N - 1)`` for the largest N: one decode step.
+- ``per_token``: ``(whole_N - ttft) / (N - 1)`` for the largest N: one decode step;
+- ``step``: the median interval between the starts of consecutive decode steps of the largest N's calls
+  (every step of every repetition is a sample, so it is far less noisy than ``per_token``, a difference).
 
 Each figure is the median of ``--reps`` after ``--warmup`` rounds, on CUDA from CUDA events around the call
 (host and device together, as a user sees it). Settings that dashvl refuses (today: the static cache) are
@@ -89,6 +91,24 @@ def make_inputs(model, mode: str, tokens: int, batch: int, device) -> dict:
     return dict(out, attention_mask=torch.ones_like(out["input_ids"]))
 
 
+class StepClock:
+    """Host time at the start of each model call (a pre-hook that runs before any other), from which the
+    intervals between consecutive decode steps. generate() reads its stopping criteria every step, which
+    waits for the device, so on CUDA too an interval is one whole step."""
+
+    def __init__(self, model):
+        self.starts: list[float] = []
+        self._hook = model.register_forward_pre_hook(lambda m, a: self.starts.append(time.perf_counter()),
+                                                     prepend=True)
+
+    def steps_ms(self) -> list[float]:
+        """Intervals between decode-step starts (the first call is the prefill): N - 2 per answer of N."""
+        return [(b - a) * 1000 for a, b in zip(self.starts[1:], self.starts[2:])]
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
 def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, warmup: int, cuda: bool) -> list[dict]:
     """One row per setting: median ms of ttft and each whole answer, per-token ms, or the refusal."""
     extra = {"cache_implementation": "static"} if cache == "static" else {}
@@ -98,6 +118,7 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
 
     lengths = [1] + list(new_tokens)
     samples = {i: {n: [] for n in lengths} for i in range(len(settings))}
+    steps = {i: [] for i in range(len(settings))}
     refused = {}
     with torch.no_grad():
         for rep in range(warmup + reps):
@@ -111,9 +132,16 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
                     continue
                 try:
                     for n in lengths:
-                        ms = _clock(call(n), cuda)
+                        clock = StepClock(model) if n == max(lengths) else None
+                        try:
+                            ms = _clock(call(n), cuda)
+                        finally:
+                            if clock is not None:
+                                clock.remove()
                         if rep >= warmup:
                             samples[i][n].append(ms)
+                            if clock is not None:
+                                steps[i] += clock.steps_ms()
                 except ValueError as err:  # refused at call time (a generation setting)
                     refused[i] = str(err)
                 finally:
@@ -127,20 +155,22 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
         else:
             med = {n: statistics.median(samples[i][n]) for n in lengths}
             row.update(ttft=med[1], **{f"whole_{n}": med[n] for n in new_tokens},
-                       per_token=(med[max(new_tokens)] - med[1]) / (max(new_tokens) - 1))
+                       per_token=(med[max(new_tokens)] - med[1]) / (max(new_tokens) - 1),
+                       step=statistics.median(steps[i]) if steps[i] else float("nan"))
         rows.append(row)
     base = rows[0]
     for row in rows[1:]:
         if "refused" not in row and "refused" not in base:
             row["ttft_speedup"] = base["ttft"] / row["ttft"]
             row["per_token_speedup"] = base["per_token"] / row["per_token"]
+            row["step_speedup"] = base["step"] / row["step"]
             for n in new_tokens:
                 row[f"whole_{n}_speedup"] = base[f"whole_{n}"] / row[f"whole_{n}"]
     return rows
 
 
 def markdown(rows, new_tokens) -> str:
-    cols = ["setting", "ttft", "per_token"] + [f"whole_{n}" for n in new_tokens]
+    cols = ["setting", "ttft", "per_token", "step"] + [f"whole_{n}" for n in new_tokens]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "refused" in r:

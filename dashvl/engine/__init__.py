@@ -10,6 +10,9 @@ Glossary (one word per concept, in code and docstrings):
 - **halted region**: decoder layers ``l_s + 1 .. L - 1`` (``first_halted = l_s + 1``), run on the active
   tokens gathered into ``width`` slots per row (``A``); rows with fewer active tokens get *filler* slots,
   masked as keys (``valid`` is False there).
+- **runner** (``region.HaltedRunner``): the module that takes layer ``l_s + 1``'s place in the decoder stack's
+  layer list for one call (``short_layers``) and runs the halted region, calling each halted layer (so users'
+  hooks on them fire). No decoder layer carries a hook of dashvl's.
 - **decoder layer** (``decoder_layer``, a module of the decoder stack's ``layers``) vs **layer index**
   (``layer_index``) vs **cache layer** (``cache.layers[j]``, one decoder layer's keys and values) vs
   **vision block** (a block of the vision tower, ``dashvl.vision``; its halting block is ``v_s``).
@@ -18,12 +21,15 @@ Glossary (one word per concept, in code and docstrings):
   state). ``keys`` / ``values`` always mean tensors.
 - **plan** (``CallPlan``): the state of one model call — a prefill, a later turn's prompt or a decode step.
 - **cache layout** (``CacheLayout``): which sequence position each key slot of the halted region's (shorter)
-  cache layers holds, per cache object.
+  cache layers holds, per cache object. Decode steps only count their keys (``append``); the positions are
+  materialised (``key_pos``) when a mask or a later turn needs them.
+- **decode step**: a call with one new token per row (T = 1). It halts nothing and, against all-valid keys,
+  does no tensor work of dashvl's (``tests/test_decode_cost.py`` counts its aten ops).
 - **graph path** (``graphs``): on CUDA, the halted region replayed as one captured CUDA graph.
 - **method** (``dashvl.methods``): the rule that scores tokens at ``l_s``; lower halts first.
 
 Modules: ``handle`` (installs / removes the hooks, shows the trace), ``flow`` (the hooks: each step of a call),
-``plan`` (one call's plan), ``region`` (gather, masks, scatter, cache layout), ``frozen_keys`` (kv="keep"),
+``plan`` (one call's plan), ``region`` (gather, masks, scatter, cache layout, the runner), ``frozen_keys`` (kv="keep"),
 ``graphs`` (the CUDA-graph path), ``checks`` (refusals), ``record`` (the trace of a prefill), ``handles`` (which
 model carries which handle).
 Knows no model family: everything family-specific comes from ``dashvl.adapters``.

@@ -56,8 +56,8 @@ def check_cache_origin(cache, layout, first_halted: int, batch: int) -> None:
     """A non-empty cache must have been built by this compressed model: its halted layers hold what
     ``layout`` (the handle's ``CacheLayout`` for it, or None when nothing halted) says."""
     stored = cache.get_seq_length(first_halted)
-    expected = layout.key_pos.shape[1] if layout is not None else cache.get_seq_length()
-    if stored != expected or (layout is not None and layout.key_pos.shape[0] != batch):
+    expected = layout.length if layout is not None else cache.get_seq_length()
+    if stored != expected or (layout is not None and layout.batch != batch):
         raise RuntimeError("this cache was not built by this compressed model (its halted layers hold "
                            f"{stored} tokens, {expected} expected); start from an empty cache")
 

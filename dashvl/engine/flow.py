@@ -5,20 +5,25 @@ Flow of one model call (a prefill, a second-turn prompt or a decode step):
 
 1. model pre-hook (``on_call``): check the call; plan it (``plan.plan_call``): token kinds, eligibility, and
    the host sync that counts eligible tokens per row, so every later shape is known before the GPU has work
-   queued. (The decoder stack's own pre-hook does the same when the stack is called directly.)
-2. first decoder layer pre-hook: note the cache, how many tokens it holds, and its ``CacheLayout``.
-3. activation-layer attention hook: the method scores the tokens (``Method.score``); the plan selects the
-   lowest-scored eligible tokens and builds the gather indices.
-4. first halted layer pre-hook: enter the halted region (``region.enter``): gather hidden states and cos/sin
-   (and, for kv="keep", the halted tokens' frozen inputs: ``FrozenKeys``); build one mask for all its layers.
-   Every halted-region layer pre-hook swaps in those keyword arguments (kv="keep": first writes the halted
-   tokens' keys/values into its cache layer).
-5. last decoder layer hook: scatter the active tokens back over the frozen states of layer l_s.
+   queued. A decode step (T = 1) plans nothing per token.
+2. decoder stack pre-hook (``on_decoder_stack``; it plans the call itself when the stack is called directly):
+   check the cache, note how many tokens it holds and its ``CacheLayout``. For a prompt, attach the scoring
+   hook to the activation layer's attention. When the call halts tokens, or the cache's halted layers are
+   short, swap the stack's layer list for layers 0..l_s plus a ``region.HaltedRunner``.
+3. activation-layer attention hook (prompts only): the method scores the tokens (``Method.score``); the plan
+   selects the lowest-scored eligible tokens and builds the gather indices.
+4. the runner, in place of layers l_s+1..L-1 (``run_region``): a decode step counts its key in the layout,
+   swaps in the halted layers' mask (None against all-valid keys) and calls the layers as they are. A prompt
+   enters the halted region (``region.enter``): gathers hidden states and cos/sin (and, for kv="keep", the
+   halted tokens' frozen inputs: ``FrozenKeys``, whose keys/values it writes into each layer's cache layer
+   first), builds one mask, calls the layers, and scatters the active tokens back over the frozen states.
+   On a CUDA device a fresh prefill with few active slots replays the layers as one CUDA graph instead
+   (``graphs``).
+5. stack and model post-hooks (``on_call_end``, also on errors): the layer list and the attention's hooks as
+   they were.
 
-On a CUDA device a fresh prefill with few active slots takes the graph path from step 4 on (``graphs``):
-the decoder stack's pre-hook swaps its layer list for layers 0..l_s plus a ``HaltedRunner``, which enters
-the region as in step 4, replays the halted layers captured as one CUDA graph, stores their keys/values in
-the cache and scatters; the stack's post-hook puts the layer list back.
+So the halted layers carry no hook of dashvl's, a decode step costs the stock per-layer Python plus two
+hooks on the model and two on the stack, and at ratio 0 nothing above l_s is touched.
 """
 from __future__ import annotations
 
@@ -44,7 +49,8 @@ class CallFlow:
         plan: the ``CallPlan`` of the call in flight, or None between calls.
         trace_parts: ``TraceParts`` of the last scored prefill, or None.
         graphs: the ``GraphBank`` of the halted layers when the graph path is installed, else None.
-        short_layers: layers 0..l_s plus the ``HaltedRunner``, swapped in for a graph call.
+        short_layers: layers 0..l_s plus the ``HaltedRunner``, swapped in for a call that halts or decodes on
+            short halted caches; None at ratio 0.
     """
 
     def __init__(self, handle):
@@ -52,6 +58,8 @@ class CallFlow:
         self.model, self.config, self.method, self.adapter = model, handle.config, handle.method, handle.adapter
         self.decoder_layers = decoder_layers
         self.first_halted = handle.layer + 1
+        self.halted_layers = list(decoder_layers[self.first_halted:])
+        self.activation_attention = decoder_layers[handle.layer].self_attn
         self.stack = handle.adapter.language_model(model)  # the decoder stack whose .layers the stock loop runs
         self.attention_config = decoder_layers[0].self_attn.config  # holds the backend in force
         params = inspect.signature(decoder_layers[0].forward).parameters
@@ -65,21 +73,27 @@ class CallFlow:
         self.prefills = 0  # counts scored prefills: the trace is rebuilt when this moves
         self.trace_parts: TraceParts | None = None
         self.graphs = self.short_layers = self._graph_devices = None
+        self._scoring = None  # the activation attention's hook, on during a prompt's call
 
     @property
     def backend(self) -> str:
         return self.attention_config._attn_implementation
 
-    def install_graph_path(self) -> None:
+    def install_runner(self, cuda_graph) -> None:
+        """Ratio > 0: the runner of the halted region; with ``cuda_graph`` not False, the graph path too."""
         first, decoder_layers = self.first_halted, self.decoder_layers
-        self.graphs = graphs.bank_for(decoder_layers, first, self.cache_kw, self.adapter.halted_kv)
-        runner = graphs.HaltedRunner(self.run_graph, getattr(decoder_layers[first], "attention_type", None))
+        runner = region.HaltedRunner(self.run_region, getattr(decoder_layers[first], "attention_type", None))
         self.short_layers = nn.ModuleList(list(decoder_layers[:first]) + [runner])
-        self._graph_devices = {p.device for p in decoder_layers[first:].parameters()}
+        if cuda_graph is not False:
+            self.graphs = graphs.bank_for(decoder_layers, first, self.cache_kw, self.adapter.halted_kv)
+            self._graph_devices = {p.device for p in decoder_layers[first:].parameters()}
 
     def restore_layers(self) -> None:
         if self.stack.layers is not self.decoder_layers:
             self.stack.layers = self.decoder_layers
+        if self._scoring is not None:
+            self._scoring.remove()
+            self._scoring = None
 
     def _new_plan(self, args, kwargs, grid_inputs) -> CallPlan | None:
         return plan_call(self.config, args, kwargs, grid_inputs, self.token_kinds, self.halted_kv)
@@ -97,30 +111,36 @@ class CallFlow:
         plan = self.plan
         if plan is None or plan.started:
             plan = self.plan = self._new_plan(args, kwargs, {})
-        if plan is not None:
-            plan.started = True
+        if plan is None:
+            return
+        plan.started = True
+        self._note_cache(plan, args, kwargs)
+        if plan.length > 1:  # only prompts are scored: decode steps fire no hook on the activation layer
+            self._scoring = self.activation_attention.register_forward_hook(self.on_activation_attention,
+                                                                            with_kwargs=True, prepend=True)
+        if self.short_layers is not None and (plan.num_halted is not None or plan.layout is not None):
             width = self._graph_width(plan, kwargs)
             if width is not None:
                 plan.use_graph(width)
-                self.stack.layers = self.short_layers  # restored by on_call_end
+            self.stack.layers = self.short_layers  # restored by on_call_end
 
     def on_call_end(self, module, args, output):
         self.restore_layers()
         self.plan = None
 
-    def on_first_layer(self, module, args, kwargs):
-        plan = self.plan
-        if plan is None:  # the layers were called on their own: no halting plan, nothing halts
-            return
-        hidden = args[0] if args else kwargs["hidden_states"]
-        B, T = hidden.shape[:2]
+    def _note_cache(self, plan: CallPlan, args, kwargs) -> None:
+        """The stack's inputs match the plan; its cache is one dashvl can serve; what the cache holds."""
+        shaped = kwargs.get("inputs_embeds")
+        if shaped is None:
+            shaped = kwargs.get("input_ids", args[0] if args else None)
+        B, T = shaped.shape[:2]
         if (plan.batch, plan.length) != (B, T):
             raise RuntimeError(f"the language model received {B}x{T} tokens but the model call had "
                                f"{plan.batch}x{plan.length} ids; dashvl needs prompts whose visual tokens the "
                                "processor already expanded")
         cache = kwargs.get(self.cache_kw, kwargs.get("past_key_values"))
         past = 0
-        if cache is not None:
+        if cache is not None:  # None: the stack makes a fresh one (the runner meets it)
             checks.check_cache(cache, self.first_halted)
             past = cache.get_seq_length()
             if past == 0:
@@ -134,7 +154,7 @@ class CallFlow:
     def on_activation_attention(self, module, args, kwargs, output):
         plan = self.plan
         if plan is None or plan.length <= 1:
-            return  # decode steps: generated tokens never halt
+            return
         cos, sin = kwargs.get("position_embeddings") or (None, None)
         hidden = (args[0] if args else kwargs["hidden_states"]) if self.method.needs_attention_input else None
         update = output[0] if isinstance(output, tuple) else output
@@ -145,53 +165,53 @@ class CallFlow:
         self.trace_parts = TraceParts(plan.scores, active, plan.kinds, plan.token_ids, plan.grid_inputs,
                                       self.prefills)
 
-    def on_halted_layer(self, layer_index: int, module, args, kwargs):
-        plan = self.plan
-        if plan is None or plan.graph:  # graph calls: the runner prepared the layers' inputs itself
-            return None
-        if layer_index == self.first_halted:
-            args = self._enter_region(plan, args, kwargs)
-        if plan.region is None:
-            return None
-        if plan.frozen_keys is not None:
-            plan.frozen_keys.write(module, layer_index)
-        kwargs.update(plan.region.overrides)
-        return args, kwargs
-
-    def on_last_layer(self, module, args, output):
-        plan = self.plan
-        if plan is None or plan.active is None or plan.graph:
-            return None
-        full = plan.region.scatter(output[0] if isinstance(output, tuple) else output)
-        return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
-
     # ----------------------------------------------------------------- the halted region
 
-    def _enter_region(self, plan: CallPlan, args, kwargs):
-        """Prepare the inputs of every layer above l_s for this call; returns the first one's args."""
-        hidden = args[0] if args else kwargs["hidden_states"]
+    def run_region(self, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """In place of layers l_s+1..L-1: ``hidden`` [B, T, d] (layer l_s's output) -> [B, T, d].
+        ``kwargs``: what the stock loop hands each layer (a dict of this call's own)."""
+        plan = self.plan
+        if plan.cache is None:  # the stack made the call's cache itself: a fresh one
+            plan.cache = kwargs.get(self.cache_kw, kwargs.get("past_key_values"))
+        if plan.graph:
+            return self._run_graph(plan, hidden, kwargs)
+        layout = plan.layout
+        if plan.length == 1 and layout is not None:  # a decode step: only what changes per step
+            layout.append(plan.past_length)
+            kwargs["attention_mask"] = region.step_mask(layout, self.backend, hidden.dtype)
+            kwargs["position_ids"] = None
+            for decoder_layer in self.halted_layers:
+                hidden = decoder_layer(hidden, **kwargs)
+            return hidden
+        inputs = self._enter_region(plan, hidden, kwargs)
+        if inputs is None:  # nothing halted, now or before: the layers as they are
+            for decoder_layer in self.halted_layers:
+                hidden = decoder_layer(hidden, **kwargs)
+            return hidden
+        kwargs.update(inputs.overrides)
+        hidden, frozen_keys = inputs.hidden, plan.frozen_keys
+        for layer_index, decoder_layer in enumerate(self.halted_layers, self.first_halted):
+            if frozen_keys is not None:  # kv="keep": the halted tokens' keys/values first, in its cache layer
+                frozen_keys.write(decoder_layer, layer_index)
+            hidden = decoder_layer(hidden, **kwargs)
+        return inputs.scatter(hidden) if plan.active is not None else hidden
+
+    def _enter_region(self, plan: CallPlan, hidden, kwargs) -> region.RegionInputs | None:
         plan.region = region.enter(plan, hidden, kwargs.get("position_embeddings"), self.layouts, self.backend,
                                    self.cache_kw)
-        if plan.region is None or plan.region.hidden is hidden:
-            return args
-        if args:
-            return (plan.region.hidden,) + tuple(args[1:])
-        kwargs["hidden_states"] = plan.region.hidden
-        return args
+        return plan.region
 
-    def run_graph(self, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        """In place of layers l_s+1..L-1 (a graph call): enter the region, replay the captured layers, scatter.
-        ``hidden`` [B, T, d] -> [B, T, d]."""
-        plan = self.plan
-        (hidden,) = self._enter_region(plan, (hidden,), kwargs)
-        overrides = plan.region.overrides
+    def _run_graph(self, plan: CallPlan, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """A graph call: enter the region, replay the captured layers, store their keys/values, scatter."""
+        inputs = self._enter_region(plan, hidden, kwargs)
+        overrides = inputs.overrides
         cos, sin = overrides["position_embeddings"]
         halted = plan.frozen_keys.graph_inputs() if plan.frozen_keys is not None else None
-        out, keys_values = self.graphs.run(hidden, cos, sin, overrides["attention_mask"], halted,
+        out, keys_values = self.graphs.run(inputs.hidden, cos, sin, overrides["attention_mask"], halted,
                                            plan.cache is not None, self.backend)
         if plan.cache is not None:
             graphs.store_kv(plan.cache, self.first_halted, keys_values)
-        return plan.region.scatter(out)
+        return inputs.scatter(out)
 
     def _graph_width(self, plan: CallPlan, kwargs) -> int | None:
         """The slots per row when this call's halted layers replay a CUDA graph, else None."""
@@ -206,7 +226,7 @@ class CallFlow:
         bucket = graphs.bucket_width(plan.width)  # nearby lengths share a graph
         if plan.batch * bucket > graphs.MAX_SLOTS:
             return None  # GPU-bound: the layers one by one are as fast, without filler slots
-        cache = kwargs.get(self.cache_kw, kwargs.get("past_key_values"))
+        cache = plan.cache
         fresh = cache is None or (isinstance(cache, DynamicCache) and cache.get_seq_length() == 0)
         if (fresh and not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type)
                 and not self.decoder_layers[self.first_halted].training  # dropout draws random numbers per call

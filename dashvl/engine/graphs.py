@@ -16,9 +16,9 @@ sets, decode steps, later turns, autograd, autocast) runs the layers as usual.
 
 Imported as ``dashvl.graphs`` too (the same module object, so ``dashvl.graphs.EMULATE = True`` takes effect).
 
-For one call the engine swaps the decoder stack's layer list for layers 0..l_s plus a ``HaltedRunner``
-(restored by the stack's post-hook, also on errors): the stock forward loop then runs layers 0..l_s and
-the runner, which gathers, replays and scatters. No transformers code is copied or patched.
+The halted region runs in a ``region.HaltedRunner`` swapped into the decoder stack's layer list for the call
+(restored by the stack's post-hook, also on errors), on both paths: here the runner gathers, replays and
+scatters. No transformers code is copied or patched.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ import weakref
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicLayer
+
+from .region import HaltedRunner  # the runner of both paths; named here for older code
 
 __all__ = ["bucket_width", "bank_for", "release", "GraphBank", "HaltedRunner", "store_kv"]
 
@@ -222,19 +224,3 @@ def store_kv(cache, first: int, keys_values: torch.Tensor) -> None:
             cache_layer.keys, cache_layer.values = keys, values
         else:  # layers made on first use (DynamicCache() without a config), sliding or offloaded layers
             cache.update(keys, values, first + j)
-
-
-class HaltedRunner(nn.Module):
-    """Takes the place of layer l_s+1 in the decoder stack for one call and runs every halted layer.
-
-    ``run(hidden [B, T, d], layer keyword arguments) -> [B, T, d]``: the halted region of the call in flight.
-    """
-
-    def __init__(self, run, attention_type: str | None):
-        super().__init__()
-        self._run = run
-        if attention_type is not None:
-            self.attention_type = attention_type
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return self._run(hidden_states, kwargs)

@@ -1,8 +1,6 @@
 """DashHandle: installs the hooks of ``CallFlow`` on one model, removes them, and shows the last trace."""
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -47,24 +45,19 @@ class DashHandle:
     # ----------------------------------------------------------------- install / remove
 
     def _install(self) -> None:
-        m, flow, decoder_layers, ls = self.model, self._flow, self.decoder_layers, self.layer
+        m, flow = self.model, self._flow
         try:
             self._hooks += [
                 m.register_forward_pre_hook(flow.on_call, with_kwargs=True),
                 m.register_forward_hook(flow.on_call_end, always_call=True),
                 flow.stack.register_forward_pre_hook(flow.on_decoder_stack, with_kwargs=True),
                 flow.stack.register_forward_hook(flow.on_call_end, always_call=True),
-                decoder_layers[0].register_forward_pre_hook(flow.on_first_layer, with_kwargs=True),
-                decoder_layers[ls].self_attn.register_forward_hook(flow.on_activation_attention, with_kwargs=True),
             ]
-            # ratio 0 never halts, so nothing above l_s needs a hook (hooks cost host time per layer)
+            # no hook on any decoder layer (hooks and their Python cost host time on every decode step): the
+            # activation layer's attention is hooked per prompt, and the layers above l_s run in a runner
+            # swapped in for the call; at ratio 0 nothing halts, so nothing above l_s is touched
             if self.config.ratio > 0:
-                for layer_index in range(ls + 1, self.num_layers):
-                    hook = functools.partial(flow.on_halted_layer, layer_index)
-                    self._hooks.append(decoder_layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True))
-                self._hooks.append(decoder_layers[-1].register_forward_hook(flow.on_last_layer))
-                if self.config.cuda_graph is not False:
-                    flow.install_graph_path()
+                flow.install_runner(self.config.cuda_graph)
             if self._vision is not None:
                 self._hooks += self._vision.install()
         except BaseException:

@@ -29,7 +29,8 @@ class CallPlan:
     Set as the call runs:
         started: the decoder stack began running this call.
         graph: the halted region replays a CUDA graph in this call (``use_graph``).
-        cache, past_length: the call's cache (or None) and how many tokens it held before the call (layer 0).
+        cache, past_length: the call's cache and how many tokens it held before the call (noted as the decoder
+            stack starts; a cache the stack makes itself is noted by the runner).
         layout: the ``CacheLayout`` of that cache's halted layers, when earlier calls halted tokens in it.
         scores: float32 [B, T], the method's scores at l_s. active: bool [B, T], the tokens that go on.
         index, valid: long / bool [B, A], the gather indices of the active tokens and which slots are real.

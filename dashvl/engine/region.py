@@ -1,27 +1,77 @@
-"""The halted region (decoder layers l_s+1 .. L-1): gather, attention masks, scatter and the cache layout.
+"""The halted region (decoder layers l_s+1 .. L-1): gather, attention masks, scatter, the cache layout, and
+the ``HaltedRunner`` that runs the region in place of its layers.
 
 Halted-region layers keep a shorter cache. Which sequence position each of its key slots holds is kept per
-cache object (``CacheLayout``), so decode steps and later turns get the right mask.
+cache object (``CacheLayout``), so decode steps and later turns get the right mask. Decode steps only count
+their keys: positions are materialised when a mask or a later turn needs them.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["CacheLayout", "RegionInputs", "enter", "attention_mask", "gather_tokens", "scatter_active"]
+__all__ = ["CacheLayout", "HaltedRunner", "RegionInputs", "enter", "attention_mask", "step_mask", "gather_tokens",
+           "scatter_active"]
 
 
 class CacheLayout:
-    """Layout of the halted-region cache layers of one cache object.
+    """Layout of the halted-region cache layers of one cache object: K = ``length`` key slots per row.
+
+    Decode steps append their keys as a count (``append``), so a step against all-valid keys does no tensor
+    work; ``key_pos`` materialises the positions when a mask or a later turn needs them.
 
     Attributes:
         key_pos: long [B, K], the sequence position each key slot holds (-1: unused slot).
-        all_valid: no unused slot.
+        batch, length: B and K. all_valid: no unused slot.
+        last_mask: (backend, dtype, mask) of the latest decode step, which the next one extends by a column.
     """
 
-    __slots__ = ("key_pos", "all_valid")
+    __slots__ = ("_key_pos", "_tail_start", "_tail", "batch", "length", "all_valid", "last_mask")
 
     def __init__(self, key_pos: torch.Tensor, all_valid: bool):
-        self.key_pos, self.all_valid = key_pos, all_valid
+        self._key_pos, self.all_valid = key_pos, all_valid
+        self.batch, self.length = key_pos.shape
+        self._tail_start = self._tail = 0  # decode steps' keys not yet in _key_pos: positions start, start + 1, ...
+        self.last_mask = None
+
+    @property
+    def key_pos(self) -> torch.Tensor:
+        self._materialise()
+        return self._key_pos
+
+    def _materialise(self) -> None:
+        if self._tail:
+            start, n = self._tail_start, self._tail
+            tail = torch.arange(start, start + n, device=self._key_pos.device).expand(self.batch, n)
+            self._key_pos = torch.cat([self._key_pos, tail], 1)
+            self._tail = 0
+
+    def append(self, position: int) -> None:
+        """A decode step adds every row's key at sequence ``position`` to the halted layers' caches."""
+        if self._tail and position != self._tail_start + self._tail:
+            self._materialise()  # not contiguous with the counted ones
+        if not self._tail:
+            self._tail_start = position
+        self._tail += 1
+        self.length += 1
+
+
+def step_mask(layout: CacheLayout, backend: str, dtype):
+    """The halted layers' mask of a decode step (one query per row, after ``layout.append``), or None.
+
+    Its query is the newest position, so it may see every valid key: the mask is the key validity, which is
+    the previous step's mask and one more allowed column (one op per step instead of a rebuild)."""
+    if layout.all_valid:
+        return None  # SDPA, flash and eager attend to every key of a one-token query
+    last = layout.last_mask
+    if last is not None and last[:2] == (backend, dtype) and last[2].shape[-1] == layout.length - 1:
+        mask = F.pad(last[2], (0, 1), value=0.0 if last[2].is_floating_point() else True)
+    else:
+        key_pos = layout.key_pos
+        mask = attention_mask(key_pos, key_pos[:, -1:], False, False, backend, dtype)  # the query: the last key
+    layout.last_mask = (backend, dtype, mask)
+    return mask
 
 
 class RegionInputs:
@@ -70,7 +120,7 @@ def enter(plan, hidden: torch.Tensor, rotary, layouts, backend: str, cache_kw: s
             private = None if plan.graph else frozen_keys.attach(plan.cache)  # graph: its recorder carries them
             if private is not None:
                 overrides[cache_kw] = private
-    else:  # a call that halts nothing on a cache whose halted layers are short (decode steps)
+    else:  # a call that halts nothing on a cache whose halted layers are short (a later prompt)
         frozen = None
         positions = torch.arange(past, past + T, device=device).expand(B, T)
         q_pos = torch.where(plan.real, positions, -1) if T > 1 else positions
@@ -142,3 +192,20 @@ def scatter_active(frozen: torch.Tensor, out: torch.Tensor, index: torch.Tensor,
     if not all_valid:
         out = torch.where(valid[..., None], out, frozen.gather(1, idx))
     return frozen.scatter(1, idx, out)
+
+
+class HaltedRunner(nn.Module):
+    """Takes the place of layer l_s+1 in the decoder stack for one call and runs every halted layer: the
+    stock forward loop runs layers 0..l_s and then this, so no transformers code is copied or patched.
+
+    ``run(hidden [B, T, d], layer keyword arguments) -> [B, T, d]``: the halted region of the call in flight.
+    """
+
+    def __init__(self, run, attention_type: str | None):
+        super().__init__()
+        self._run = run
+        if attention_type is not None:
+            self.attention_type = attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self._run(hidden_states, kwargs)
