@@ -8,6 +8,7 @@
 """
 from . import baselines, flops  # light modules the README uses as dashvl.baselines / dashvl.flops
 from .api import compress, get_handle, restore
+from .calibrate import Calibration, calibrate
 from .config import DashConfig
 from .engine import DashHandle
 from .graphs import release as release_graphs  # dashvl.graphs is dashvl.engine.graphs
@@ -16,5 +17,5 @@ from .setting import Setting, apply
 from .trace import HaltTrace, VisualSpan
 
 __all__ = ["compress", "restore", "get_handle", "load_model", "DashConfig", "DashHandle", "HaltTrace", "VisualSpan",
-           "release_graphs", "Setting", "apply"]
+           "release_graphs", "Setting", "apply", "calibrate", "Calibration"]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import dataclasses
 from torch import nn
 
 from .adapters import adapter_for
-from .config import DashConfig
+from .config import TEXT_DEFAULTS, DashConfig
 from .engine import DashHandle, handles
 
 __all__ = ["compress", "restore", "get_handle"]
@@ -16,7 +16,9 @@ def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> 
     """Install DASH on ``model`` in place and return its handle.
 
     ``compress(model, ratio=0.5, layer=2)`` or ``compress(model, DashConfig(...))``; keyword settings
-    override the config's fields. Compressing an already compressed model replaces the old settings
+    override the config's fields. Without a config, a text-only LM takes the settings the call leaves out from
+    ``dashvl.config.TEXT_DEFAULTS`` (dash-snap, layer 0.4·L, ratio 0.25: what the text accuracy table supports),
+    a vision-language model from ``DashConfig``'s defaults (the paper's). Compressing an already compressed model replaces the old settings
     (``compress`` twice equals ``compress`` once). Every check runs before the model is touched.
 
     Raises:
@@ -24,7 +26,8 @@ def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> 
             generation setting; the message names what is allowed.
     """
     if config is None:
-        config = DashConfig(**settings)
+        defaults = TEXT_DEFAULTS if getattr(adapter_for(model), "text_only", False) else {}
+        config = DashConfig(**{**defaults, **settings})
     elif settings:
         config = dataclasses.replace(config, **settings)
     if not isinstance(config, DashConfig):

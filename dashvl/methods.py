@@ -23,7 +23,8 @@ import torch
 
 from . import policy
 
-__all__ = ["Method", "ScoreContext", "REGISTRY", "get", "names", "Dash", "Random", "FastV", "Downsample"]
+__all__ = ["Method", "ScoreContext", "REGISTRY", "get", "names", "Dash", "Random", "FastV", "SnapKV", "StreamingLLM",
+           "DashAvg", "DashSnap", "DashSinks", "Downsample"]
 
 STAGES = ("llm", "inputs")
 
@@ -41,7 +42,9 @@ class ScoreContext:
         real: bool [B, T], False at padding.
         seed: ``DashConfig.seed``.
         adapter: the model family's ``dashvl.adapters.Adapter`` (family-specific projections, e.g.
-            ``last_query_and_keys``).
+            ``window_queries_and_keys``).
+        history: float32 [B, T], when the method sets ``needs_history``: the mean over layers 0..l_s of
+            each layer's Δ divided by its median over the row's real tokens (``policy.scaled_delta``); else None.
     """
 
     attention: torch.nn.Module
@@ -52,6 +55,7 @@ class ScoreContext:
     real: torch.Tensor
     seed: int
     adapter: object
+    history: torch.Tensor | None = None
 
 
 class Method:
@@ -63,6 +67,8 @@ class Method:
         stage: ``"llm"`` (scores tokens at l_s inside ``compress``) or ``"inputs"`` (changes the inputs).
         summary: one line for UIs and help texts.
         needs_attention_input: ``score`` reads ``ctx.hidden`` (the attention's input).
+        needs_history: ``score`` reads ``ctx.history`` (Δ of layers 0..l_s; their attentions are hooked
+            during prompts only, so decode steps pay nothing).
     """
 
     name: str = ""
@@ -70,6 +76,7 @@ class Method:
     stage: str = "llm"
     summary: str = ""
     needs_attention_input: bool = False
+    needs_history: bool = False
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         """float32 [B, T]: one score per token of the prompt at l_s; lower halts first."""
@@ -120,6 +127,79 @@ class FastV(Method):
         return policy.fastv_scores(query, keys, key_ok, scaling)
 
 
+class SnapKV(Method):
+    """SnapKV as halting (Li et al. 2024): the attention the last ``window`` prompt tokens (the observation
+    window: the question, at the end of a prompt) pay each token at l_s, pooled over ``kernel`` neighbours.
+    The window itself never halts."""
+
+    name, summary = "snapkv", "SnapKV: attention the last 32 prompt tokens pay each token at l_s, pooled (window kept)"
+    needs_attention_input = True
+    window, kernel = 32, 7
+
+    def score(self, ctx):
+        T = ctx.real.shape[1]
+        positions = torch.arange(T, device=ctx.hidden.device)
+        last = torch.where(ctx.real, positions, -1).max(1).values
+        w = min(self.window, T)
+        query_pos = (last[:, None] - w + 1 + torch.arange(w, device=last.device)).clamp(min=0)   # [B, w]
+        queries, keys = ctx.adapter.window_queries_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, query_pos)
+        scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
+        scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel)
+        return scores.masked_fill(positions[None, :] > (last[:, None] - w), policy.KEEP)
+
+
+class StreamingLLM(Method):
+    """StreamingLLM as halting (Xiao et al. 2023): the first ``sinks`` tokens (attention sinks) and the most
+    recent ones stay; the oldest after the sinks halt first. Content is never looked at."""
+
+    name, summary = "streamingllm", "StreamingLLM: 4 sink tokens and the most recent tokens stay; the oldest halt"
+    sinks = 4
+
+    def score(self, ctx):
+        return policy.keep_first(policy.recency_scores(ctx.real), ctx.real, self.sinks)
+
+
+class DashAvg(Method):
+    """Δ averaged over layers 0..l_s (each layer's Δ scaled by its median), the first 4 tokens kept.
+
+    Why (``python -m longctx.diagnose`` on SmolLM2-135M): at a middle layer, Δ alone is smallest exactly at the
+    tokens a retrieval needs (the attention sinks, the needle, the question) and largest at repetitive filler;
+    a token that is new to the context had large updates in the layers below, so the average ranks the needle
+    last and filler first. Sinks stay because halting them changes every other token's attention."""
+
+    name = "dash-avg"
+    summary = "DASH, Δ averaged over layers 0..l_s (each scaled by its median); 4 sink tokens kept"
+    needs_history = True
+    sinks = 4
+
+    def score(self, ctx):
+        return policy.keep_first(ctx.history, ctx.real, self.sinks)
+
+
+class DashSnap(Method):
+    """dash-avg and SnapKV, ranks averaged: a token stays if it changed a lot on its way to l_s, or if the
+    question (the last 32 prompt tokens) attends to it. Sinks and the window stay, as in both."""
+
+    name = "dash-snap"
+    summary = "ranks of dash-avg and SnapKV averaged: new-to-the-context or attended by the question"
+    needs_attention_input = needs_history = True
+
+    def score(self, ctx):
+        avg, snap = REGISTRY["dash-avg"].score(ctx), REGISTRY["snapkv"].score(ctx)
+        mixed = 0.5 * (policy.row_ranks(avg, ctx.real) + policy.row_ranks(snap, ctx.real))
+        return mixed.masked_fill((avg == policy.KEEP) | (snap == policy.KEEP), policy.KEEP)
+
+
+class DashSinks(Method):
+    """The paper's Δ at l_s with the first 4 tokens kept: isolates what keeping the sinks alone buys."""
+
+    name, summary = "dash-sinks", "DASH's Δ at l_s, with the 4 sink tokens kept"
+    sinks = 4
+
+    def score(self, ctx):
+        return policy.keep_first(policy.delta_scores(ctx.update), ctx.real, self.sinks)
+
+
 class Downsample(Method):
     """Fewer visual tokens by downsampling each image before the model (``dashvl.baselines.downsample``)."""
 
@@ -133,7 +213,7 @@ class Downsample(Method):
         return downsample(model, processor, ratio)
 
 
-_ALL = (Dash(), Random(), FastV(), Downsample())
+_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), Downsample())
 
 REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
 

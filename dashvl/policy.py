@@ -8,12 +8,15 @@ import torch
 
 __all__ = [
     "KIND_TEXT", "KIND_IMAGE", "KIND_VIDEO", "KIND_PAD", "KIND_NAMES",
-    "token_kinds", "eligible_tokens", "delta_scores", "random_scores", "fastv_scores", "select_halted",
-    "compact_index",
+    "token_kinds", "eligible_tokens", "delta_scores", "scaled_delta", "random_scores", "fastv_scores",
+    "window_scores", "recency_scores", "keep_first", "row_ranks", "select_halted", "compact_index", "KEEP",
 ]
 
 KIND_TEXT, KIND_IMAGE, KIND_VIDEO, KIND_PAD = 0, 1, 2, 3
 KIND_NAMES = ("text", "image", "video", "pad")
+# The score of a token that should stay if at all possible: finite, so such tokens still sort before the
+# ineligible ones (select_halted sets those to +inf) when a high ratio must halt some of them.
+KEEP = torch.finfo(torch.float32).max
 
 
 def token_kinds(input_ids: torch.Tensor | None, real: torch.Tensor,
@@ -59,6 +62,33 @@ def delta_scores(update: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(update, dim=-1, dtype=wide).float()
 
 
+def scaled_delta(update: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Δ divided by its median over each row's real tokens: [B, T, d] -> float32 [B, T].
+
+    Layers differ in the scale of their updates; scaled, Δs of several layers can be averaged fairly.
+    """
+    delta = delta_scores(update)
+    median = delta.masked_fill(~real, float("nan")).nanmedian(1, keepdim=True).values
+    return delta / median.clamp_min(1e-12)
+
+
+def row_ranks(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Each real token's rank among its row's real tokens as a fraction in [0, 1] (0 = lowest score); padding 0.
+
+    Scores of different scales (Δ, attention) combine fairly as ranks."""
+    masked = scores.float().masked_fill(~real, float("inf"))
+    order = torch.sort(masked, dim=1, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    n = real.sum(1, keepdim=True).clamp(min=2) - 1
+    return (ranks.float() / n).masked_fill(~real, 0.0)
+
+
+def keep_first(scores: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
+    """``scores`` with the first ``n`` real tokens of each row set to ``KEEP`` (the attention sinks)."""
+    order = torch.cumsum(real.long(), 1)  # 1 at a row's first real token
+    return scores.masked_fill(real & (order <= n), KEEP)
+
+
 def random_scores(shape: tuple[int, int], seed: int, device) -> torch.Tensor:
     """Uniform scores [B, T] from a generator seeded with ``seed`` on ``device`` (random halting)."""
     g = torch.Generator(device=device).manual_seed(seed)
@@ -81,6 +111,37 @@ def fastv_scores(query: torch.Tensor, keys: torch.Tensor, key_ok: torch.Tensor, 
     logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2) * scaling   # [B, H, T]
     logits = logits.masked_fill(~key_ok[:, None, :], float("-inf"))
     return logits.softmax(-1).mean(1)
+
+
+def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, real: torch.Tensor,
+                  scaling: float, kernel: int) -> torch.Tensor:
+    """SnapKV's rank: the attention a window of queries pays each key, summed over the window, averaged over
+    heads, then average-pooled along the sequence (``kernel``, odd) so that neighbours of attended tokens rank
+    high too. One [B, H, w, T] block in float32, never T x T.
+
+    Args:
+        queries: [B, H, w, hd] at positions ``query_pos`` (long [B, w]); keys: [B, KV, T, hd] (RoPE applied).
+        real: bool [B, T]; a query attends to the real keys at or before its position.
+    Returns:
+        float32 [B, T].
+    """
+    if kernel < 1 or kernel % 2 != 1:
+        raise ValueError(f"kernel must be an odd int >= 1 (centred pooling); got {kernel}")
+    T = keys.shape[2]
+    keys = keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
+    logits = (queries.float() @ keys.float().transpose(-1, -2)) * scaling                  # [B, H, w, T]
+    pos = torch.arange(T, device=keys.device)
+    allowed = real[:, None, None, :] & (pos[None, None, None, :] <= query_pos[:, None, :, None])
+    weights = logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)      # [B, H, w, T]
+    query_ok = real.gather(1, query_pos)  # a row shorter than the window: its padding asks nothing
+    votes = (weights * query_ok[:, None, :, None]).sum(2).mean(1)                             # [B, T]
+    return torch.nn.functional.avg_pool1d(votes[:, None], kernel, stride=1, padding=kernel // 2,
+                                          count_include_pad=False)[:, 0]
+
+
+def recency_scores(real: torch.Tensor) -> torch.Tensor:
+    """StreamingLLM's rank without content: a token's position among its row's real tokens (oldest halt first)."""
+    return (torch.cumsum(real.long(), 1) - 1).float()
 
 
 def select_halted(scores: torch.Tensor, eligible: torch.Tensor, num_halt: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import json
 import os
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="offline tasks: " + ", ".join(OFFLINE_TASKS))
     p.add_argument("--model", default=None, help="bundled name, tiny-random-qwen2-vl / tiny-random-llava, local folder "
-                   "or hub id (default: dashvl.models.DEFAULT_MODEL)")
+                   "or hub id (default: dashvl.models.DEFAULT_MODEL); or a pretrained text LM (smollm2-135m-instruct, "
+                   "gemma-3-270m), which runs the long-context suite (--tasks longctx or longctx_<task>)")
     p.add_argument("--tasks", type=_names, default=list(DEFAULT_TASKS),
                    help=f"comma-separated lmms-eval tasks (default: {','.join(DEFAULT_TASKS)})")
     # one flag per Setting field (default: SWEPT's, else Setting's); SUPPRESS: absent unless given, so that
@@ -82,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         note = " (every configuration but the baseline)" if name == "vision_ratio" else ""
         p.add_argument(_flag(name), type=Setting.cli_type(name, many=name in SWEPT), default=argparse.SUPPRESS,
                        help=f"{what}{Setting.describe(name)}{note} (default: {shown})")
-    p.add_argument("--limit", type=_positive, default=None, help="first N samples of each task")
+    p.add_argument("--limit", type=_positive, default=None, help="first N samples of each task (text LMs: samples "
+                   "per task and length, default 10)")
+    p.add_argument("--lengths", type=lambda t: [_positive(x) for x in _names(t)], default=[1024],
+                   help="text LMs: comma-separated prompt lengths in tokens for the long-context suite (default 1024)")
     p.add_argument("--batch-size", type=_positive, default=1)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu (per process under accelerate)")
     p.add_argument("--model-args", default="", help="more model_args for the lmms-eval model, e.g. "
@@ -311,8 +316,10 @@ def _fmt(value, column: str) -> str:
         return value
     if column.endswith("% of baseline"):
         return f"{value:.1f}%"
-    if column in ("prefill ms", "prompt tokens", "tokens halted"):
+    if column in ("prefill ms", "prompt tokens", "tokens halted", "seconds") or column.endswith(" score"):
         return f"{value:.1f}"
+    if column == "FLOPs limit":
+        return f"{value:.2f}×"
     if column in ("ratio", "samples", "layer"):
         return f"{value:g}"
     return f"{value:.4g}"
@@ -343,9 +350,88 @@ def _cli_args(folder: Path) -> argparse.Namespace:
     return defaults
 
 
+# ------------------------------------------------------------------------------------------------ text LMs
+
+TEXT_PREFIX = "longctx_"  # the long-context suite's tasks in --tasks: longctx_niah_single_1, ...; "longctx": all
+
+
+def text_tasks(tasks: list[str]) -> list[str]:
+    """The suite's task names for ``--tasks`` (``longctx`` = all 13), or RunError naming them."""
+    from longctx import TASKS
+
+    out = []
+    for t in tasks:
+        if t == "longctx":
+            out += list(TASKS)
+        elif t.startswith(TEXT_PREFIX) and t[len(TEXT_PREFIX):] in TASKS:
+            out.append(t[len(TEXT_PREFIX):])
+        else:
+            raise RunError(f"a text LM runs the long-context suite: --tasks takes longctx (all) or "
+                           f"{', '.join(TEXT_PREFIX + n for n in TASKS)}; got {t!r}", 2)
+    return list(dict.fromkeys(out))
+
+
+def run_text(args) -> int:
+    """A pretrained text LM (``dashvl.pretrained``) on the long-context suite, every configuration, one table.
+
+    The suite runs through ``longctx.evaluate`` (greedy generation, each task's RULER-style metric); the table
+    has the same shape as the lmms-eval runs', with the prefill FLOPs limit in place of the prefill times."""
+    import dashvl
+    from longctx.evaluate import evaluate
+
+    tasks = text_tasks(args.tasks)
+    settings = settings_for(args)
+    model, tokenizer = dashvl.load_model(args.model, device=args.device)
+    layers = model.config.get_text_config().num_hidden_layers
+    for setting in settings:
+        try:
+            setting.check(layers)
+        except ValueError as err:
+            raise RunError(f"bad setting {setting.label} for this model: {err}", 2) from err
+    specs = [None if s.baseline else {k: v for k, v in dataclasses.asdict(s.dash_config()).items()
+                                      if k in ("method", "ratio", "layer", "kv", "scope", "protect_last", "seed")}
+             for s in settings]
+    output = args.output or Path("out/eval") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output.mkdir(parents=True, exist_ok=True)
+    result = evaluate(model, tokenizer, tasks, args.lengths, args.limit or 10, specs, batch_size=args.batch_size,
+                      keep_samples=True)
+    names = list(result["scores"])
+    header = ["config", "method", "ratio", "layer", "kv"]
+    for t in tasks + ["avg"]:
+        header += [f"{t} score", f"{t} % of baseline"]
+    header += ["FLOPs limit", "seconds"]
+    rows, base = [], None
+    for setting, name in zip(settings, names):
+        per = result["scores"][name]
+        lengths = sorted(per, key=int)
+        score = {t: sum(per[L][t] for L in lengths) / len(lengths) for t in tasks + ["avg"]}
+        base = score if setting.baseline and base is None else base
+        row = [setting.label, "-" if setting.baseline else setting.method, setting.ratio,
+               "-" if setting.baseline else setting.layer, "-" if setting.baseline else setting.kv]
+        for t in tasks + ["avg"]:
+            row += [score[t], 100 * score[t] / base[t] if base and base[t] else None]
+        flops = result["flops_speedup"][name]
+        rows.append(row + [sum(flops.values()) / len(flops), result["seconds"][name]])
+    table = write_table(output, header, rows)
+    with open(output / "samples.jsonl", "w") as f:
+        for row in result["samples"]:
+            f.write(json.dumps(row) + "\n")
+    (output / "run.json").write_text(json.dumps({
+        "argv": sys.argv, "model": args.model, "tasks": tasks, "lengths": args.lengths, "n_per_task": args.limit or 10,
+        "settings": [s.__dict__ for s in settings]}, indent=2, default=str))
+    print(f"\n{table}\nresults: {output}")
+    return 0
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
+    from dashvl.pretrained import PRETRAINED
+
+    if args.model in PRETRAINED:
+        return run_text(args)
+    if any(t == "longctx" or t.startswith(TEXT_PREFIX) for t in args.tasks):
+        raise RunError(f"the long-context tasks run on a text LM: --model {' or '.join(PRETRAINED)}", 2)
     settings = settings_for(args)
     try:
         from lmms_eval import evaluator

@@ -5,7 +5,7 @@
         --out results.json
 
 A setting is ``none`` (the unmodified model), ``<method>:key=value,...`` with a dashvl method
-(``dashvl.compress(model, method=..., **settings)``), or a method of ``longctx.rivals.RIVALS`` (run at full
+(``dashvl.compress(model, method=..., **settings)``), or a full-length reference of ``longctx.references.REFERENCES`` (run at full
 length by ``longctx.masked.MaskedHalting``: same halting, no speedup; ratio, layer, kv and the score's options).
 """
 from __future__ import annotations
@@ -26,24 +26,47 @@ from dashvl.config import METHODS, DashConfig
 from dashvl.flops import prefill_flops
 
 from .masked import MaskedHalting
-from .rivals import RIVALS
+from .references import REFERENCES
 from .scoring import score
 from .tasks import SUITE_VERSION, TASKS, build_suite
 
-__all__ = ["evaluate", "parse_settings", "label", "markdown", "main"]
+__all__ = ["evaluate", "parse_settings", "table_settings", "label", "markdown", "main", "TABLE_RATIOS", "TABLE_LAYERS"]
+
+# The text accuracy table (issue: real pretrained weights): the paper's DASH in both kv modes at layers 2,
+# 0.25·L and 0.4·L (the paper's text default); every rival and dashvl's own criteria at 0.4·L; each at these ratios.
+TABLE_RATIOS = (0.25, 0.4, 0.5, 0.667, 0.75)
+TABLE_LAYERS = (2, 0.25, 0.4)
+TABLE_RIVALS = ("random", "fastv", "snapkv", "streamingllm", "dash-sinks", "dash-avg", "dash-snap")
+
+
+def table_settings(ratios=TABLE_RATIOS) -> list[dict | None]:
+    """``--settings @table``: the unmodified model, then a row per (method, layer, kv, ratio)."""
+    rows: list[dict | None] = [None]
+    for layer in TABLE_LAYERS:
+        for kv in ("drop", "keep"):
+            rows += [{"method": "dash", "ratio": r, "layer": layer, "kv": kv} for r in ratios]
+    for method in TABLE_RIVALS:
+        for kv in (("drop", "keep") if method in ("dash-avg", "dash-snap") else ("drop",)):
+            # scope="all": FastV's default scope is the image tokens; a text prompt has none
+            rows += [{"method": method, "ratio": r, "layer": 0.4, "kv": kv, **({"scope": "all"} if method == "fastv" else {})}
+                     for r in ratios]
+    return rows
 
 
 def parse_settings(text: str) -> list[dict | None]:
-    """``"none;dash:ratio=0.5,layer=12"`` -> ``[None, {"method": "dash", "ratio": 0.5, "layer": 12}]``."""
+    """``"none;dash:ratio=0.5,layer=12"`` -> ``[None, {"method": "dash", "ratio": 0.5, "layer": 12}]``;
+    ``"@table"`` -> ``table_settings()``."""
+    if text.strip() == "@table":
+        return table_settings()
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         if part == "none":
             out.append(None)
             continue
         method, _, rest = part.partition(":")
-        if method not in METHODS and method not in RIVALS:
+        if method not in METHODS and method not in REFERENCES:
             raise ValueError(f"unknown method {method!r} in setting {part!r}; use 'none', a dashvl method "
-                             f"{METHODS} or a rival {tuple(RIVALS)}")
+                             f"{METHODS} or a full-length reference {tuple(REFERENCES)}")
         spec = {"method": method}
         for item in filter(None, rest.split(",")):
             key, eq, value = item.partition("=")
@@ -83,11 +106,11 @@ class _Runner:
 
     def __enter__(self):
         spec = self.spec
-        if spec is not None and spec["method"] in RIVALS:
+        if spec is not None and spec["method"] in REFERENCES:
             options = {k: v for k, v in spec.items() if k != "method"}
             ratio, kv = options.pop("ratio", 0.5), options.pop("kv", "drop")
             layer = DashConfig(layer=options.pop("layer", 2)).resolve_layer(self.text_config.num_hidden_layers)
-            self.masked = MaskedHalting(self.model, RIVALS[spec["method"]], ratio, layer, kv, **options).__enter__()
+            self.masked = MaskedHalting(self.model, REFERENCES[spec["method"]], ratio, layer, kv, **options).__enter__()
         elif spec is not None:
             self.handle = dashvl.compress(self.model, **spec)
         return self
@@ -112,7 +135,7 @@ def evaluate(model, tokenizer, task_names=None, lengths=(1024,), n_per_task: int
 
     Args:
         settings: None (unmodified) or dicts: ``dashvl.compress`` keyword settings with ``method``, or a
-            ``RIVALS`` method with ratio / layer / kv and its options.
+            ``REFERENCES`` method with ratio / layer / kv and its options.
         device: where to run (the model is moved there); None: where the model is.
         samples: prebuilt ``Sample`` list (skips building); else ``build_suite(tokenizer, ...)``.
     Returns:
@@ -209,18 +232,27 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated; known: {','.join(TASKS)}")
     p.add_argument("--lengths", default="1024,2048", help="comma-separated target lengths in tokens")
     p.add_argument("--n", type=int, default=10, help="samples per task and length")
-    p.add_argument("--settings", default="none;dash:ratio=0.5,layer=12", help="';'-separated settings (see above)")
+    p.add_argument("--settings", default="none;dash:ratio=0.5,layer=12",
+                   help="';'-separated settings (see above), or @table (the text accuracy table's rows)")
+    p.add_argument("--shard", default="0/1", help="k/n: run only settings k, k+n, k+2n, ... (for parallel processes; "
+                                                  "python -m longctx.report merges the shards)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="default: bfloat16 on CUDA, float32 on the CPU")
-    p.add_argument("--attn", default="sdpa", help="attn_implementation (rivals with kv=drop need sdpa or eager)")
+    p.add_argument("--attn", default="sdpa", help="attn_implementation (the -masked references with kv=drop need sdpa or eager)")
     p.add_argument("--out", required=True, help="results JSON; the markdown table goes next to it (.md)")
     p.add_argument("--samples", action="store_true", help="also store every prediction in the JSON")
     a = p.parse_args(argv)
     task_names = [t for t in a.tasks.split(",") if t]
     lengths = [int(x) for x in a.lengths.split(",") if x]
     settings = parse_settings(a.settings)
+    try:
+        k, n = (int(x) for x in a.shard.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        p.error(f"--shard must be k/n with 0 <= k < n; got {a.shard!r}")
+    settings = settings[k::n]
     if a.n < 1 or a.batch_size < 1:
         p.error("--n and --batch-size must be >= 1")
     dtype = getattr(torch, a.dtype) if a.dtype else None
@@ -231,9 +263,9 @@ def main(argv=None) -> int:
     device = next(model.parameters()).device
     record = {"suite_version": SUITE_VERSION, "command": shlex.join([sys.executable, "-m", "longctx.evaluate", *(argv or sys.argv[1:])]),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": _machine(device), "versions": _versions(),
-              "model": a.model, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+              "model": a.model, "num_layers": model.config.get_text_config().num_hidden_layers, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
               "attn_implementation": a.attn, "tasks": task_names, "lengths": lengths, "n_per_task": a.n,
-              "batch_size": a.batch_size, "settings": [{"label": label(s), "spec": s} for s in settings],
+              "batch_size": a.batch_size, "shard": a.shard, "settings": [{"label": label(s), "spec": s} for s in settings],
               "wall_seconds": round(time.time() - start, 1), **result}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

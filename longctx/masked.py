@@ -1,7 +1,7 @@
 """Token halting with any score function, run at full length by masking (no gather, so no speedup).
 
 The same semantics as ``dashvl.compress`` (DESIGN §1), for scores dashvl has no method for yet
-(``longctx.rivals``): above l_s a halted token's hidden state is its layer-l_s output (``kv="keep"``:
+(``longctx.references``): above l_s a halted token's hidden state is its layer-l_s output (``kv="keep"``:
 its keys/values still come from that frozen state, so nothing else changes), and with ``kv="drop"`` it is
 masked as a key in every layer above l_s, at prefill and at every decode step. Exact but slow; FLOPs are
 those of the equivalent gathered run (``flops``).

@@ -173,3 +173,44 @@ def assert_same_generation(out, inputs, tokens, logits, atol: float = 2e-4):
 def generate(model, inputs, **kw):
     return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
                           return_dict_in_generate=True, **kw)
+
+
+# ----------------------------------------------------------------- independent scores of the text methods
+
+def record_updates(model, inputs):
+    """Every layer's attention update U of one unmodified forward."""
+    got = []
+    hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: got.append(o[0])) for layer in layers_of(model)]
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def rank_fractions(scores, real):
+    """Per row, each real token's rank among the real tokens / (n - 1), ties by position; written with loops."""
+    out = torch.zeros_like(scores, dtype=torch.float32)
+    for b in range(scores.shape[0]):
+        idx = real[b].nonzero().flatten().tolist()
+        order = sorted(idx, key=lambda i: (float(scores[b, i]), i))
+        for rank, i in enumerate(order):
+            out[b, i] = rank / max(len(idx) - 1, 1)
+    return out
+
+
+def dash_avg_reference(updates, real, layer, sinks=4):
+    """Δ of layers 0..layer, each divided by its median over the row's real tokens, averaged; sinks kept."""
+    rows = []
+    for b in range(real.shape[0]):
+        per_layer = []
+        for U in updates[:layer + 1]:
+            delta = U[b].float().norm(dim=-1)
+            per_layer.append(delta / delta[real[b]].median())
+        score = torch.stack(per_layer).mean(0)
+        first = real[b].nonzero().flatten()[:sinks]
+        score[first] = torch.finfo(torch.float32).max
+        rows.append(score)
+    return torch.stack(rows)

@@ -154,7 +154,7 @@ def test_viewer_times_prefill_on_the_graph_path(viewer, monkeypatch):
     # a prefill alone (no decode step whose last-layer call could stop a clock late) is timed on a replay
     inputs = viewer.processor(text=["<|vision_start|><|image_pad|><|vision_end|>what is this?"],
                               images=[Image.open(SHAPES)], return_tensors="pt")
-    with dashvl.compress(viewer.model, ratio=0.5, layer=1), torch.no_grad():
+    with dashvl.compress(viewer.model, method="dash", ratio=0.5, layer=1), torch.no_grad():
         for _ in range(2):
             with hv._PrefillClock(viewer.layers[0], viewer.language_model) as clock:
                 viewer.model(**inputs)
@@ -189,7 +189,7 @@ def test_viewer_on_llava_two_images():
     (dict(scope="pixels"), r"scope must be one of \('all', 'vision', 'text'\)"),
     (dict(max_new_tokens=0), r"max new tokens must be in \[1, 64\]"),
     (dict(max_new_tokens=None), "max new tokens must be a whole number"),
-    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv', 'downsample'\)"),
+    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'downsample'\)"),
 ])
 def test_bad_settings_are_refused_with_the_allowed_range(change, message):
     args = {**GOOD, **change}

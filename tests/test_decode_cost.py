@@ -69,7 +69,7 @@ def test_the_probe_sees_an_op_and_a_read():
         output[0, 0, :2].tolist()
 
     steps = []
-    with dashvl.compress(model, ratio=0.5, layer=1), torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1), torch.no_grad():
         for extra in (None, read):
             hook = layers_of(model)[3].register_forward_hook(extra) if extra else None
             try:
@@ -91,7 +91,7 @@ def test_hooks_users_put_on_halted_layers_fire_at_every_step():
     hooks = [layers_of(model)[i].register_forward_hook(lambda m, a, o, i=i: seen.append((i, o.shape[1])))
              for i in (2, 3)]
     try:
-        with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
             model.generate(**inputs, max_new_tokens=3, do_sample=False)
     finally:
         for hook in hooks:

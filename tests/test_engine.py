@@ -40,7 +40,7 @@ def test_every_plan_field_is_declared_in_init():
         seen.append(set(vars(handle._flow.plan)))
 
     for kv in ("drop", "keep"):
-        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as handle:
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as handle:
             hook = model.model.language_model.layers[-1].register_forward_hook(peek)
             try:
                 with torch.no_grad():
@@ -54,7 +54,7 @@ def test_every_plan_field_is_declared_in_init():
 def test_trace_is_rebuilt_per_prefill_and_cached_between():
     model, _ = build("llama")
     one, three = make_inputs("llama", 1), make_inputs("llama", 3)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
         assert h.trace is None
         model(**three)
         first = h.trace

@@ -71,9 +71,9 @@ def test_drop_on_flash_matches_reference(flash_emulated, family, batch):
     real = inputs["attention_mask"].bool()
     halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
     tokens, logits = ref.greedy(inputs, halted)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h:
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h:
         out = generate(model, inputs)
-        with dashvl.compress(model, ratio=0.0, layer=1):
+        with dashvl.compress(model, method="dash", ratio=0.0, layer=1):
             zero = generate(model, inputs)
     assert torch.equal(h.trace.halted, halted)
     assert_same_generation(out, inputs, tokens, logits)

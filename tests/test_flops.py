@@ -19,11 +19,11 @@ def test_prefill_flops_from_trace():
     text = model.config.text_config
     T = inputs["input_ids"].shape[1]
     for kv in ("drop", "keep"):
-        with dashvl.compress(model, ratio=0.0, layer=1, kv=kv) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.0, layer=1, kv=kv) as h, torch.no_grad():
             model(**inputs)
         full, dash = prefill_flops(text, h.trace)
         assert full == dash == 4 * layer_flops(text, T, T * (T + 1) // 2)
-        with dashvl.compress(model, ratio=0.75, layer=1, kv=kv) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.75, layer=1, kv=kv) as h, torch.no_grad():
             model(**inputs)
         a = int(h.trace.active.sum())
         full, dash = prefill_flops(text, h.trace)
@@ -37,7 +37,7 @@ def test_vision_flops_count_active_patches():
     model, _ = build("qwen2_vl")
     inputs = make_inputs("qwen2_vl", 1, 2)
     blocks = model.model.visual.blocks
-    with dashvl.compress(model, ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
         model(**inputs)
     vt = h.trace.vision
     full, halted = vision_flops(blocks, vt)

@@ -30,7 +30,7 @@ def test_beam_search_scores_match_reference(family, kv):
     inputs = make_inputs(family, 1)
     T = inputs["input_ids"].shape[1]
     ref, halted = _prompt_halted(model, inputs, 1, kv, 0.5)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv), torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False,
                              length_penalty=0.0, return_dict_in_generate=True, output_scores=True)
     assert out.sequences.shape == (3, T + 6)
@@ -49,7 +49,7 @@ def test_beam_search_ratio_zero_is_unmodified():
     kw = dict(max_new_tokens=5, num_beams=2, num_return_sequences=2, do_sample=False)
     with torch.no_grad():
         want = model.generate(**inputs, **kw)
-        with dashvl.compress(model, ratio=0.0, layer=1):
+        with dashvl.compress(model, method="dash", ratio=0.0, layer=1):
             got = model.generate(**inputs, **kw)
     assert torch.equal(got, want)
 
@@ -61,7 +61,7 @@ def test_sampling_several_sequences_matches_reference(kv):
     T = inputs["input_ids"].shape[1]
     ref, halted = _prompt_halted(model, inputs, 1, kv, 0.5)
     torch.manual_seed(0)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv), torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=5, do_sample=True, num_return_sequences=3,
                              return_dict_in_generate=True, output_logits=True)
     assert out.sequences.shape == (3, T + 5)
@@ -81,7 +81,7 @@ def test_second_turn_reuses_the_cache(family, kv):
     model, tok = build(family)
     inputs = make_inputs(family, 1)
     ratio, layer = 0.5, 1
-    with dashvl.compress(model, ratio=ratio, layer=layer, kv=kv) as handle, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=ratio, layer=layer, kv=kv) as handle, torch.no_grad():
         first = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
         halted_1 = handle.trace.halted
         tokenizer = getattr(tok, "tokenizer", tok)
@@ -112,7 +112,7 @@ def test_compressing_between_turns_keeps_the_first_turns_padding_masked(kv):
     turn2 = dict(inputs)
     for t in torch.cat([first.sequences[:, inputs["input_ids"].shape[1]:], more], 1).T:
         turn2 = extend(turn2, t)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv), torch.no_grad():
         second = model.generate(**turn2, cache=first.past_key_values, max_new_tokens=4, do_sample=False,
                                 return_dict_in_generate=True, output_logits=True)
     _assert_second_turn_matches_reference(model, turn2, second, kv, 0.5, 1, first.sequences.shape[1] - 1)
@@ -137,7 +137,7 @@ def test_beam_search_on_a_padded_batch_matches_reference(kv):
     inputs = make_inputs("llama", 3)
     T = inputs["input_ids"].shape[1]
     ref, halted = _prompt_halted(model, inputs, 1, kv, 0.5)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv), torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False,
                              length_penalty=0.0, return_dict_in_generate=True, output_scores=True)
     for i, (seq, score) in enumerate(zip(out.sequences, out.sequences_scores)):

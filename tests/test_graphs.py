@@ -47,7 +47,7 @@ def test_graph_path_matches_reference(emulate, family, attn, batch, kv):
     halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
     tokens, logits = ref.greedy(inputs, halted)
     original = layers_of(model)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as h:
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as h:
         out = generate(model, inputs)
         assert h._graphs.captures == 1  # the prefill took the graph path; decode steps did not
         assert torch.equal(h.trace.halted, halted)
@@ -70,7 +70,7 @@ def test_replays_do_not_disturb_an_earlier_cache(emulate):
     b = dict(a, input_ids=torch.cat([a["input_ids"][:, :1], a["input_ids"][:, 1:].roll(3, 1)], 1))
 
     def first_two(inputs, graph: bool, interleave=None):
-        with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=graph) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, cuda_graph=graph) as h, torch.no_grad():
             out = model(**inputs, use_cache=True)
             if interleave is not None:
                 model(**interleave, use_cache=True)
@@ -89,7 +89,7 @@ def test_replays_do_not_disturb_an_earlier_cache(emulate):
 def test_shapes_share_graphs_and_later_turns_run_eagerly(emulate):
     model, _ = build("qwen2_vl")
     one, three = make_inputs("qwen2_vl", 1), make_inputs("qwen2_vl", 3)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
         model(**one)
         model(**one)
         assert h._graphs.captures == 1
@@ -97,7 +97,7 @@ def test_shapes_share_graphs_and_later_turns_run_eagerly(emulate):
         assert h._graphs.captures == 2
     model, _ = build("llama")
     inputs = make_inputs("llama", 1)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
         out = model(**inputs, use_cache=True)
         n = inputs["input_ids"].shape[1]
         model(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, n + 3, dtype=torch.long),
@@ -122,7 +122,7 @@ def test_any_dynamic_cache_receives_the_graphs_keys_and_values(emulate, cache):
     made = {"config": lambda: DynamicCache(config=model.config), "lazy": DynamicCache}[cache]
 
     def run(graph):
-        with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=graph):
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, cuda_graph=graph):
             return generate(model, inputs, cache=made())
 
     want, got = run(False), run(None)
@@ -146,7 +146,7 @@ def test_keep_mode_rounds_the_frozen_slots_up_and_masks_the_fillers(emulate):
     inputs = make_inputs("llama", 3)
     outs = {}
     for graph in (False, None):
-        with dashvl.compress(model, ratio=0.6, layer=1, kv="keep", cuda_graph=graph) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.6, layer=1, kv="keep", cuda_graph=graph) as h, torch.no_grad():
             outs[graph] = model(**inputs, use_cache=False).logits
             halted = h.trace.halted.sum(1)
     assert len(emulate) == 1 and len(set(halted.tolist())) > 1
@@ -161,7 +161,7 @@ def test_beam_search_after_a_graph_prefill_matches_reference(emulate):
 def test_training_mode_and_autograd_run_the_layers_one_by_one(emulate):
     model, _ = build("llama")
     inputs = make_inputs("llama", 1)
-    with dashvl.compress(model, ratio=0.5, layer=1):
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
         model(**inputs)  # autograd on: no graph
         model.train()
         try:
@@ -185,7 +185,7 @@ def test_layers_are_restored_when_a_halted_layer_raises(emulate):
 
     hook = original[3].register_forward_pre_hook(boom, with_kwargs=True)
     try:
-        with dashvl.compress(model, ratio=0.5, layer=1), torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1), torch.no_grad():
             with pytest.raises(RuntimeError, match="boom"):
                 model(**inputs)
             assert layers_of(model) is original
@@ -198,7 +198,7 @@ def test_layers_are_restored_when_a_halted_layer_raises(emulate):
 def test_long_active_sets_run_the_layers_one_by_one(emulate, monkeypatch):
     model, _ = build("qwen2_vl")
     inputs = make_inputs("qwen2_vl", 3)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
         model(**inputs)
         assert (h._graphs.captures, h._graphs.replays) == (1, 0)
         width = int(h.trace.active.sum(1).max())
@@ -218,10 +218,10 @@ def test_graph_settings_are_checked():
         dashvl.DashConfig(cuda_graph="yes")
     model, _ = build("llama")
     inputs = make_inputs("llama", 1)
-    with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=True), torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, cuda_graph=True), torch.no_grad():
         with pytest.raises(ValueError, match="needs the model on a CUDA device"):
             model(**inputs)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():  # automatic: eager on the CPU
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():  # automatic: eager on the CPU
         before = h._graphs.captures
         model(**inputs)
         assert h._graphs.captures == before
@@ -231,21 +231,21 @@ def test_graphs_outlive_one_compress_until_released(emulate):
     model, _ = build("llama")
     inputs = make_inputs("llama", 1)
     with torch.no_grad():
-        with dashvl.compress(model, ratio=0.5, layer=1):
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
             want = model(**inputs).logits
         with dashvl.compress(model, ratio=0.5, layer=1, method="random"):  # same shapes: the graph replays
             model(**inputs)
-        with dashvl.compress(model, ratio=0.5, layer=1):
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
             got = model(**inputs).logits
         assert len(emulate) == 1
         torch.testing.assert_close(got, want, atol=0, rtol=0)
         assert dashvl.release_graphs(model) == 1
-        with dashvl.compress(model, ratio=0.5, layer=1):
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
             model(**inputs)
         assert len(emulate) == 2
         model.double()  # the weights move: the graphs of the old ones are dropped, not replayed
         try:
-            with dashvl.compress(model, ratio=0.5, layer=1):
+            with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
                 model(**inputs)
             assert len(emulate) == 3
         finally:

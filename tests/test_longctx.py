@@ -1,6 +1,7 @@
-"""The long-context suite (determinism, lengths, gold answers, scoring), the rivals' scores, the full-length
-executor against dashvl, and the harness end to end on a tiny model."""
+"""The long-context suite (determinism, lengths, gold answers, scoring), the full-length references of the
+text methods against dashvl's registry methods, and the harness end to end on a tiny model."""
 import collections
+import json
 import importlib.util
 import os
 import re
@@ -13,11 +14,11 @@ import torch.nn.functional as F
 
 import dashvl
 from dashvl import policy
-from tests.helpers import build, layers_of, make_inputs
+from tests.helpers import build, dash_avg_reference, layers_of, make_inputs, rank_fractions, record_updates
 from longctx import TASKS, build_sample, score
 from longctx.evaluate import evaluate, label, markdown, parse_settings
 from longctx.masked import MaskedHalting
-from longctx.rivals import dash_scores, snapkv_scores, streamingllm_scores
+from longctx.references import dash_scores, snapkv_scores, streamingllm_scores
 from longctx.tasks import count_tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +133,7 @@ def test_refusals_name_what_is_allowed(tiny_tokenizer):
         build_sample("cwe", 200, 0, tiny_tokenizer)
 
 
-# ----------------------------------------------------------------- rivals
+# ----------------------------------------------------------------- references
 
 
 def test_streamingllm_halts_the_oldest_tokens_after_the_sinks():
@@ -194,7 +195,7 @@ def test_masked_executor_with_dash_scores_equals_dashvl(kv):
     model, _ = build("llama")
     inputs = make_inputs("llama", batch=3)
     with torch.no_grad():
-        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as h:
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as h:
             want = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True)
             halted = h.trace.halted
@@ -210,13 +211,70 @@ def test_masked_executor_with_dash_scores_equals_dashvl(kv):
     assert full > halted_flops
 
 
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+@pytest.mark.parametrize("method", ["snapkv", "streamingllm", "dash-avg", "dash-snap"])
+def test_registry_methods_equal_their_full_length_references(method, kv):
+    """dashvl.compress(method=...) halts the tokens an independent score picks, and generates what the
+    full-length masked executor generates with that score: batch 3 with left padding, prefill and decode."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", batch=3)
+    layer = 2
+    real = inputs["attention_mask"].bool()
+    if method in ("dash-avg", "dash-snap"):
+        wanted = dash_avg_reference(record_updates(model, inputs), real, layer)
+        if method == "dash-snap":
+            attn, got = _attention_inputs(model, inputs, layer)
+            snap = snapkv_scores(attn, got["hidden"], got["U"], got["cos"], got["sin"], real)
+            keep = (wanted == policy.KEEP) | (snap == policy.KEEP)
+            wanted = (0.5 * (rank_fractions(wanted, real) + rank_fractions(snap, real))).masked_fill(keep, policy.KEEP)
+        reference = lambda *args, **kw: wanted  # noqa: E731  (layers <= l_s run as in the unmodified model)
+    else:
+        reference = {"snapkv": snapkv_scores, "streamingllm": streamingllm_scores}[method]
+    lower = [layers_of(model)[i].self_attn for i in range(layer)]
+    hooks_before = [dict(a._forward_hooks) for a in lower]
+    with torch.no_grad():
+        with dashvl.compress(model, method=method, ratio=0.5, layer=layer, kv=kv) as h:
+            want = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+            halted = h.trace.halted
+            assert [dict(a._forward_hooks) for a in lower] == hooks_before  # history hooks: during prompts only
+        with MaskedHalting(model, reference, ratio=0.5, layer=layer, kv=kv) as m:
+            got = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+    real, active = m.last
+    assert halted.any() and torch.equal(real & ~active, halted)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
+
+
+def test_dash_avg_keeps_the_sinks_and_differs_from_dash():
+    model, _ = build("llama")
+    inputs = make_inputs("llama", batch=3)
+    real = inputs["attention_mask"].bool()
+    halted = {}
+    for method in ("dash", "dash-avg", "dash-sinks"):
+        with torch.no_grad(), dashvl.compress(model, method=method, ratio=0.75, layer=2) as h:
+            model(**inputs)
+            halted[method] = h.trace.halted
+    sinks = real & (torch.cumsum(real.long(), 1) <= 4)
+    # a sink halts only where the row has too few other eligible tokens for its budget
+    room = (real.sum(1) - 1 - 4) >= halted["dash"].sum(1)
+    assert room.any() and not room.all()
+    for method in ("dash-avg", "dash-sinks"):
+        assert not (halted[method] & sinks)[room].any()
+        assert ((halted[method] & sinks).sum(1) == (halted[method].sum(1) - (real.sum(1) - 5)).clamp(min=0)).all()
+    assert not torch.equal(halted["dash"], halted["dash-avg"])
+
+
 # ----------------------------------------------------------------- the harness
 
 
 def test_settings_parse_and_refuse():
-    assert parse_settings("none; dash:ratio=0.5,layer=12,kv=keep ;snapkv:window=16") == [
-        None, {"method": "dash", "ratio": 0.5, "layer": 12, "kv": "keep"}, {"method": "snapkv", "window": 16}]
-    assert label({"method": "snapkv", "ratio": 0.25, "layer": 0.4, "window": 16}) == "snapkv r=0.25 l=0.4 drop window=16"
+    assert parse_settings("none; dash:ratio=0.5,layer=12,kv=keep ;snapkv-masked:window=16") == [
+        None, {"method": "dash", "ratio": 0.5, "layer": 12, "kv": "keep"}, {"method": "snapkv-masked", "window": 16}]
+    assert label({"method": "snapkv-masked", "ratio": 0.25, "layer": 0.4, "window": 16}) == \
+        "snapkv-masked r=0.25 l=0.4 drop window=16"
     with pytest.raises(ValueError, match="unknown method 'h2o'"):
         parse_settings("h2o:ratio=0.5")
     with pytest.raises(ValueError, match="key=value"):
@@ -241,3 +299,29 @@ def test_evaluate_end_to_end_on_a_tiny_model():
     assert len(r["samples"]) == 3 * 2 * 2
     assert "| unmodified |" in markdown(r, ["niah_single_1", "qa_1"])
     assert dashvl.get_handle(model) is None  # every setting was removed again
+
+
+def test_shards_merge_into_one_table_with_the_goal_check(tmp_path, monkeypatch):
+    """Two shards of a run merge into one record; the report's tables and plot come from it."""
+    from longctx import report
+    from longctx.evaluate import main as evaluate_main
+
+    tiny = build("llama")
+    monkeypatch.setattr(dashvl, "load_model", lambda *a, **k: tiny)
+    settings = "none;dash:ratio=0.5,layer=0.4;random:ratio=0.5,layer=0.4;fastv:ratio=0.5,layer=0.4,scope=all;" \
+               "dash-avg:ratio=0.5,layer=0.4"
+    for k in (0, 1):
+        evaluate_main(["--model", "tiny", "--tasks", "niah_single_1", "--lengths", "512", "--n", "1",
+                       "--settings", settings, "--shard", f"{k}/2", "--out", str(tmp_path / f"table_{k}.json")])
+    shards = [json.loads((tmp_path / f"table_{k}.json").read_text()) for k in (0, 1)]
+    assert [len(s["settings"]) for s in shards] == [3, 2]  # settings 0, 2, 4 and 1, 3
+    record = report.merge(tmp_path.glob("table_*.json"))
+    assert [s["label"] for s in record["settings"]][0] == "unmodified" and len(record["settings"]) == 5
+    text = report.markdown(record)
+    assert "| dash-avg | " in text and "goal" in text and "| unmodified | " in text
+    report.plot(record, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    bad = dict(shards[1], n_per_task=2)
+    (tmp_path / "table_1.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"shards of different runs: \['n_per_task'\] differ"):
+        report.merge(tmp_path.glob("table_*.json"))

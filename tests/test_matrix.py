@@ -19,7 +19,8 @@ import torch
 
 import dashvl
 from dashvl import methods
-from tests.helpers import Reference, assert_same_generation, build, make_inputs, reference_halted, visual_kinds
+from tests.helpers import (Reference, assert_same_generation, build, dash_avg_reference, make_inputs, rank_fractions,
+                           record_updates, reference_halted, visual_kinds)
 
 BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
 TEXT_ONLY = ("llama", "qwen2", "mistral")
@@ -53,10 +54,60 @@ def _last_token_attention(model, family, inputs):
     return _ATTENTION_ROWS[family]
 
 
+KEEP = torch.finfo(torch.float32).max  # "stays if at all possible"
+
+
+def _sinks_kept(scores, real, sinks=4):
+    return scores.masked_fill(real & (torch.cumsum(real.long(), 1) <= sinks), KEEP)
+
+
+@torch.no_grad()
+def _window_attention(model, family, inputs, window=32, kernel=7):
+    """SnapKV from the eager twin's weights: the last ``window`` positions' rows (real ones only) summed, mean
+    over heads, average-pooled over ``kernel`` neighbours; the window itself kept."""
+    eager, _ = build(family, "eager")
+    weights = eager(**inputs, output_attentions=True, use_cache=False).attentions[LAYER].float()  # [B, H, T, T]
+    real = inputs["attention_mask"].bool()
+    B, T = real.shape
+    w = min(window, T)
+    out = torch.zeros(B, T)
+    for b in range(B):
+        rows = [p for p in range(T - w, T) if real[b, p]]  # left padding: the last real token is at T - 1
+        votes = weights[b][:, rows, :].sum(1).mean(0)
+        out[b] = torch.nn.functional.avg_pool1d(votes[None, None], kernel, 1, kernel // 2, count_include_pad=False)[0, 0]
+        out[b, T - w:] = KEEP
+    return out
+
+
+def _recency(model, family, inputs):
+    real = inputs["attention_mask"].bool()
+    return _sinks_kept((torch.cumsum(real.long(), 1) - 1).float(), real)
+
+
+def _delta_sinks_kept(model, family, inputs):
+    return _sinks_kept(_delta(model, family, inputs), inputs["attention_mask"].bool())
+
+
+def _delta_averaged(model, family, inputs):
+    return dash_avg_reference(record_updates(model, inputs), inputs["attention_mask"].bool(), LAYER)
+
+
+def _averaged_and_window(model, family, inputs):
+    real = inputs["attention_mask"].bool()
+    avg, snap = _delta_averaged(model, family, inputs), _window_attention(model, family, inputs)
+    mixed = 0.5 * (rank_fractions(avg, real) + rank_fractions(snap, real))
+    return mixed.masked_fill((avg == KEEP) | (snap == KEEP), KEEP)
+
+
 SCORES = {
     "dash": _delta,
     "random": _uniform,
     "fastv": _last_token_attention,
+    "snapkv": _window_attention,
+    "streamingllm": _recency,
+    "dash-avg": _delta_averaged,
+    "dash-snap": _averaged_and_window,
+    "dash-sinks": _delta_sinks_kept,
 }
 
 

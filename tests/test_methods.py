@@ -9,8 +9,9 @@ from tests.helpers import Reference, build, make_inputs, reference_halted, visua
 
 
 def test_registry_contract():
-    assert methods.names() == ("dash", "random", "fastv", "downsample")
-    assert methods.names("llm") == ("dash", "random", "fastv") == dashvl.config.METHODS
+    llm = ("dash", "random", "fastv", "snapkv", "streamingllm", "dash-avg", "dash-snap", "dash-sinks")
+    assert methods.names() == llm + ("downsample",)
+    assert methods.names("llm") == llm == dashvl.config.METHODS
     assert methods.names("inputs") == ("downsample",)
     for name, method in methods.REGISTRY.items():
         assert isinstance(method, methods.Method) and method.name == name and methods.get(name) is method
@@ -18,15 +19,17 @@ def test_registry_contract():
         assert method.summary and "\n" not in method.summary
     assert [methods.get(n).default_scope for n in ("dash", "random", "fastv")] == ["all", "all", "vision"]
     assert methods.get("fastv").needs_attention_input and not methods.get("dash").needs_attention_input
+    assert [n for n in llm if methods.get(n).needs_history] == ["dash-avg", "dash-snap"]
     with pytest.raises(ValueError, match="stage must be one of"):
         methods.names("vision")
 
 
 def test_unknown_and_misplaced_methods_are_refused_with_the_allowed_names():
-    allowed = r"\('dash', 'random', 'fastv', 'downsample'\)"
+    llm = r"'dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks'"
+    allowed = rf"\({llm}, 'downsample'\)"
     with pytest.raises(ValueError, match=rf"method must be one of {allowed}; got 'tome'"):
         methods.get("tome")
-    with pytest.raises(ValueError, match=r"method must be one of \('dash', 'random', 'fastv'\); got None"):
+    with pytest.raises(ValueError, match=rf"method must be one of \({llm}\); got None"):
         dashvl.DashConfig(method=None)
     with pytest.raises(ValueError, match=r"^method 'downsample' acts on the inputs: use "
                                          r"dashvl.baselines.downsample\(model, processor, ratio\)"):

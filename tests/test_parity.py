@@ -23,7 +23,7 @@ def test_ratio_zero_is_bitwise_unmodified(family, attn, batch, images, kv):
     inputs = make_inputs(family, batch, images)
     ref_logits, ref_seq, ref_step_logits = _snapshot(model, inputs)
     assert len(set(ref_seq[0, -8:].tolist())) > 1, "tiny model collapsed to one token: the test would be vacuous"
-    with dashvl.compress(model, ratio=0.0, layer=1, kv=kv) as h:
+    with dashvl.compress(model, method="dash", ratio=0.0, layer=1, kv=kv) as h:
         logits, seq, step_logits = _snapshot(model, inputs)
         assert h.trace is not None and not h.trace.halted.any()
     real = inputs["attention_mask"].bool()
@@ -40,7 +40,7 @@ def test_restore_is_bitwise_and_removes_every_hook(family):
     ref_logits, ref_seq, _ = _snapshot(model, inputs)
     hooks_before = _count_hooks(model)
 
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     halted_logits, *_ = _snapshot(model, inputs)
     assert not torch.equal(halted_logits, ref_logits)  # halting did change something
     assert dashvl.restore(model) is True
@@ -57,11 +57,11 @@ def test_restore_is_bitwise_and_removes_every_hook(family):
 def test_compress_twice_equals_compress_once():
     model, _ = build("qwen2_vl")
     inputs = make_inputs("qwen2_vl", 3)
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     once, seq_once, _ = _snapshot(model, inputs)
     hooks_once = _count_hooks(model)
-    dashvl.compress(model, ratio=0.25, layer=2, kv="keep")
-    h = dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.25, layer=2, kv="keep")
+    h = dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     twice, seq_twice, _ = _snapshot(model, inputs)
     assert _count_hooks(model) == hooks_once
     assert dashvl.get_handle(model) is h
@@ -70,7 +70,7 @@ def test_compress_twice_equals_compress_once():
 
 def test_handle_is_a_context_manager():
     model, _ = build("llama")
-    with dashvl.compress(model, ratio=0.5, layer=1) as h:
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h:
         assert h.active and dashvl.get_handle(model) is h
     assert not h.active and dashvl.get_handle(model) is None
 

@@ -72,7 +72,7 @@ def test_dash_matches_full_length_reference(smollm2, kv):
         real = inputs["attention_mask"].bool()
         halted = reference_halted(ref.scores(inputs), real, torch.zeros_like(real), ratio)
         tokens, logits = ref.greedy(inputs, halted)
-        with dashvl.compress(model, ratio=ratio, layer=layer, kv=kv) as h:
+        with dashvl.compress(model, method="dash", ratio=ratio, layer=layer, kv=kv) as h:
             out = generate(model, inputs, pad_token_id=tokenizer.pad_token_id)
             trace = h.trace
     finally:
@@ -110,4 +110,4 @@ def test_gemma_loads_and_dashvl_refuses_it_clearly():
     assert out.shape[1] == enc["input_ids"].shape[1] + 4
     # interleaved sliding/global layers with their own rotary tables: no adapter yet (see the report)
     with pytest.raises(ValueError, match="gemma3_text"):
-        dashvl.compress(model, ratio=0.5, layer=6)
+        dashvl.compress(model, method="dash", ratio=0.5, layer=6)

@@ -19,7 +19,7 @@ def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope=
     assert halted.any()
     ref_tokens, ref_logits = ref.greedy(inputs, halted)
 
-    with dashvl.compress(model, ratio=ratio, layer=layer, kv=kv, scope=scope, protect_last=protect_last) as h:
+    with dashvl.compress(model, method="dash", ratio=ratio, layer=layer, kv=kv, scope=scope, protect_last=protect_last) as h:
         out = generate(model, inputs)
         trace = h.trace
     assert torch.equal(trace.halted, halted)
@@ -69,7 +69,7 @@ def test_plain_forward_without_cache_matches_reference():
         real = inputs["attention_mask"].bool()
         halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
         want = ref.logits(inputs, halted)
-        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv), torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv), torch.no_grad():
             got = model(**inputs, use_cache=False).logits
         torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)
 
@@ -89,7 +89,7 @@ def test_halted_layers_process_only_active_tokens(family):
 
     hooks = [layer.self_attn.q_proj.register_forward_hook(counter(i)) for i, layer in enumerate(layers_of(model))]
     try:
-        with dashvl.compress(model, ratio=0.75, layer=1) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.75, layer=1) as h, torch.no_grad():
             model(**inputs)
     finally:
         for hook in hooks:
@@ -112,7 +112,7 @@ def test_batch_rows_use_max_active_slots():
 
     hook = layers_of(model)[3].self_attn.q_proj.register_forward_hook(shape)
     try:
-        with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
             model(**inputs)
     finally:
         hook.remove()
@@ -125,7 +125,7 @@ def test_language_model_called_directly_halts_too():
     """Calling the decoder stack itself (as some pipelines do) gets the same halting as the whole model."""
     model, _ = build("llama")
     inputs = make_inputs("llama", 3)
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
         logits = model(**inputs).logits
         whole = h.trace
         hidden = model.model(**inputs).last_hidden_state
@@ -149,7 +149,7 @@ def test_a_row_without_images_under_scope_vision():
     halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.75, "vision")
     assert halted[0].any() and not halted[1].any()
     tokens, logits = ref.greedy(inputs, halted)
-    with dashvl.compress(model, ratio=0.75, layer=1, scope="vision") as h:
+    with dashvl.compress(model, method="dash", ratio=0.75, layer=1, scope="vision") as h:
         out = generate(model, inputs)
     assert torch.equal(h.trace.halted, halted)
     assert_same_generation(out, inputs, tokens, logits, ATOL)
@@ -170,7 +170,7 @@ def test_right_padding_in_a_plain_forward(kv):
     ref = Reference(model, 1, kv)
     halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
     want = ref.logits(inputs, halted)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as h, torch.no_grad():
         got = model(**inputs).logits
     assert torch.equal(h.trace.halted, halted)
     torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)

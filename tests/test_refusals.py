@@ -34,8 +34,8 @@ def test_bad_settings(settings, match):
 
 def test_layer_fraction_resolves_against_depth():
     model, _ = build("qwen2_vl")
-    assert dashvl.compress(model, ratio=0.5, layer=0.5).layer == 2
-    assert dashvl.compress(model, ratio=0.5, layer=0.99).layer == 2  # clamped to L - 2
+    assert dashvl.compress(model, method="dash", ratio=0.5, layer=0.5).layer == 2
+    assert dashvl.compress(model, method="dash", ratio=0.5, layer=0.99).layer == 2  # clamped to L - 2
 
 
 def test_unsupported_model_type():
@@ -58,14 +58,14 @@ def test_keep_refused_with_flash_attention():
     model, _ = tiny_decoder("llama", attn="sdpa")
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match=r"kv='keep'.*flash_attention_2.*kv='drop'"):
-        dashvl.compress(model, kv="keep")
-    dashvl.compress(model, kv="drop")  # drop is fine there
+        dashvl.compress(model, method="dash", kv="keep")
+    dashvl.compress(model, method="dash", kv="drop")  # drop is fine there
     dashvl.restore(model)
 
 
 def test_backend_switched_after_compress_is_refused_at_call():
     model, tok = tiny_decoder("llama")
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="not supported"):
         model(**tok(["what colour is the sky"], return_tensors="pt"))
@@ -74,13 +74,13 @@ def test_backend_switched_after_compress_is_refused_at_call():
 def test_static_cache_is_refused():
     model, tok = build("llama")
     inputs = make_inputs("llama")
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     with pytest.raises(ValueError, match=r"StaticCache is not supported: dashvl needs a DynamicCache"):
         model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
     model.generation_config.cache_implementation = "static"
     try:
         with pytest.raises(ValueError, match=r"cache_implementation='static' is not supported"):
-            dashvl.compress(model, ratio=0.5, layer=1)
+            dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     finally:
         model.generation_config.cache_implementation = None
 
@@ -91,10 +91,10 @@ def test_chunked_prefill_is_refused():
     model.generation_config.prefill_chunk_size = 4
     try:
         with pytest.raises(ValueError, match=r"chunked prefill .* is not supported"):
-            dashvl.compress(model, ratio=0.5)
+            dashvl.compress(model, method="dash", ratio=0.5)
     finally:
         model.generation_config.prefill_chunk_size = None
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     model.generation_config.prefill_chunk_size = 4
     try:
         with pytest.raises(ValueError, match=r"chunked prefill"):
@@ -106,7 +106,7 @@ def test_chunked_prefill_is_refused():
 def test_sliding_window_beyond_the_window_is_refused():
     model, tok = tiny_decoder("mistral")
     model.config.sliding_window = 8
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     with torch.no_grad():
         model(**tok(["red square"], return_tensors="pt"))  # within the window: fine
         with pytest.raises(ValueError, match=r"sliding-window attention \(window 8\).*has \d+ tokens"):
@@ -116,7 +116,7 @@ def test_sliding_window_beyond_the_window_is_refused():
 def test_hidden_state_outputs_are_refused():
     model, _ = build("llama")
     inputs = make_inputs("llama")
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     with pytest.raises(ValueError, match=r"output_hidden_states / output_attentions .* handle.trace"):
         model(**inputs, output_hidden_states=True)
 
@@ -131,9 +131,9 @@ def test_foreign_cache_is_refused():
     """A cache filled by the unmodified model has full-length halted layers; one from another ratio does not."""
     model, _ = build("llama")
     inputs = make_inputs("llama")
-    with dashvl.compress(model, ratio=0.5, layer=1):
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
         out = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True)
-    other = dashvl.compress(model, ratio=0.5, layer=2)
+    other = dashvl.compress(model, method="dash", ratio=0.5, layer=2)
     nxt = torch.cat([out.sequences, out.sequences[:, -1:]], 1)
     mask = torch.ones_like(nxt)
     with pytest.raises(RuntimeError, match=r"this cache was not built by this compressed model"):
@@ -144,7 +144,7 @@ def test_foreign_cache_is_refused():
 def test_four_dim_mask_is_refused():
     model, _ = build("llama")
     inputs = make_inputs("llama")
-    dashvl.compress(model, ratio=0.5, layer=1)
+    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     T = inputs["input_ids"].shape[1]
     with pytest.raises(ValueError, match=r"2-D attention_mask"):
         model(input_ids=inputs["input_ids"], attention_mask=torch.ones(1, 1, T, T))

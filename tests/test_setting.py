@@ -51,7 +51,8 @@ def test_a_setting_of_every_field_round_trips_and_defaults_read_baseline():
 
 
 BAD = [  # (text, the field it is about, what the message must say)
-    ("method=tome", "method", r"method must be one of \('dash', 'random', 'fastv', 'downsample'\); got 'tome'"),
+    ("method=tome", "method", r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', "
+                             r"'downsample'\); got 'tome'"),
     ("ratio=1", "ratio", r"ratio must be a number in \[0, 1\)"),
     ("ratio=-0.1", "ratio", r"ratio must be a number in \[0, 1\)"),
     ("ratio=much", "ratio", r"ratio takes a number in \[0, 1\).*got 'much'"),
@@ -66,7 +67,8 @@ BAD = [  # (text, the field it is about, what the message must say)
     ("vision_ratio=1.0", "vision_ratio", r"vision_ratio must be a number in \[0, 1\)"),
     ("vision_layer=-2", "vision_layer", r"vision_layer must be an int >= 0 or a float in \(0, 1\)"),
     ("method=downsample,vision_ratio=0.5", "vision_ratio", r"vision_ratio halts inside the vision tower: it "
-                                                           r"combines with dash, random, fastv, not with downsample"),
+                                                           r"combines with dash, random, fastv, snapkv, streamingllm, dash-avg, dash-snap, dash-sinks, "
+                                                           r"not with downsample"),
 ]
 
 
@@ -205,7 +207,7 @@ def test_apply_refuses_before_touching_the_model():
     with apply(model, proc, Setting(ratio=0.5, layer=1)):
         with pytest.raises(ValueError, match=r"already in force on this model \(ratio=0.5,layer=1\): remove\(\) it"):
             apply(model, proc, Setting(ratio=0.25, layer=1))
-    with dashvl.compress(model, ratio=0.5, layer=1):
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1):
         with pytest.raises(ValueError, match=r"already compressed \(dashvl.compress\): dashvl.restore"):
             apply(model, proc, Setting(method="downsample", ratio=0.5))
     assert dashvl.get_handle(model) is None and proc.patch_size == plain_patch

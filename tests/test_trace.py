@@ -26,7 +26,7 @@ def test_qwen2_vl_dynamic_grids_map_to_mrope_positions(via):
     model, _ = build("qwen2_vl")
     inputs = _qwen_inputs(SIZES)
     merge = model.config.vision_config.spatial_merge_size
-    with dashvl.compress(model, ratio=0.5, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1) as h, torch.no_grad():
         if via == "forward":
             model(**inputs)
         else:
@@ -53,7 +53,7 @@ def test_qwen2_vl_dynamic_grids_map_to_mrope_positions(via):
 def test_patch_mask_follows_the_active_tokens():
     model, _ = build("qwen2_vl")
     inputs = _qwen_inputs(SIZES[:2])
-    with dashvl.compress(model, ratio=0.6, layer=1) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.6, layer=1) as h, torch.no_grad():
         model(**inputs)
     trace = h.trace
     for i, span in enumerate(trace.spans):
@@ -76,7 +76,7 @@ def test_llava_fixed_grid_and_several_images_per_row():
              proc.apply_chat_template([{"role": "user", "content": content[2:]}], add_generation_prompt=True)]
     images = [sample_image(seed=1), sample_image(seed=2), sample_image(seed=3)]
     inputs = dict(proc(text=texts, images=images, return_tensors="pt", padding=True))
-    with dashvl.compress(model, ratio=0.5, layer=1, scope="vision") as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, scope="vision") as h, torch.no_grad():
         model(**inputs)
     trace = h.trace
     side = model.config.vision_config.image_size // model.config.vision_config.patch_size
@@ -98,7 +98,7 @@ def test_trace_fields_and_padding():
     model, _ = build("qwen2_vl")
     from tests.helpers import make_inputs
     inputs = make_inputs("qwen2_vl", 3)
-    with dashvl.compress(model, ratio=0.5, layer=2) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=2) as h, torch.no_grad():
         assert h.trace is None
         model.generate(**inputs, max_new_tokens=3)
     tr = h.trace

@@ -138,7 +138,7 @@ def test_vision_halting_matches_reference(family, ratio):
     model, _ = build(family)
     inputs = make_inputs(family, 3, 2)  # several images of different sizes
     want, halted = VisionReference(model, 0, ratio).features(inputs)
-    with dashvl.compress(model, ratio=0.0, vision_ratio=ratio, vision_layer=0) as h:
+    with dashvl.compress(model, method="dash", ratio=0.0, vision_ratio=ratio, vision_layer=0) as h:
         got = _image_features(model, inputs)
         with torch.no_grad():
             model(**inputs)
@@ -172,12 +172,12 @@ def test_vision_ratio_zero_and_nothing_halted_are_bitwise(family):
     inputs = make_inputs(family, 3, 2)
     want = generate(model, inputs)
     # hooks installed, every patch active (floor(0.01 * n) = 0): the gather/scatter path must be exact
-    with dashvl.compress(model, ratio=0.0, vision_ratio=0.01, vision_layer=0) as h:
+    with dashvl.compress(model, method="dash", ratio=0.0, vision_ratio=0.01, vision_layer=0) as h:
         got = generate(model, inputs)
         assert h.trace.vision is not None and h.trace.vision.active.all()
     assert torch.equal(got.sequences, want.sequences)
     assert torch.equal(torch.stack(got.logits), torch.stack(want.logits))
-    with dashvl.compress(model, ratio=0.0, vision_ratio=0.0) as h:
+    with dashvl.compress(model, method="dash", ratio=0.0, vision_ratio=0.0) as h:
         assert torch.equal(generate(model, inputs).sequences, want.sequences)
         assert h.trace.vision is None
 
@@ -185,7 +185,7 @@ def test_vision_ratio_zero_and_nothing_halted_are_bitwise(family):
 def test_vision_and_llm_halting_compose_in_generate():
     model, _ = build("qwen2_vl")
     inputs = make_inputs("qwen2_vl", 3, 2)
-    with dashvl.compress(model, ratio=0.5, layer=1, vision_ratio=0.5, vision_layer=0) as h:
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, vision_ratio=0.5, vision_layer=0) as h:
         out = generate(model, inputs)
         trace = h.trace
     assert out.sequences.shape[0] == 3
@@ -195,7 +195,7 @@ def test_vision_and_llm_halting_compose_in_generate():
 def test_vision_patch_masks_follow_the_merge_grouped_patch_order():
     model, _ = build("qwen2_vl")
     inputs = make_inputs("qwen2_vl", 1, 2)
-    with dashvl.compress(model, ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
         model(**inputs)
     vision = h.trace.vision
     thw = inputs["image_grid_thw"]
@@ -220,10 +220,10 @@ def test_vision_refusals():
         dashvl.DashConfig(vision_layer=-2)
     model, _ = build("qwen2_vl")
     with pytest.raises(ValueError, match=r"vision_layer must be in \[0, 0\] for this model \(2 vision blocks\)"):
-        dashvl.compress(model, vision_ratio=0.5, vision_layer=1)
+        dashvl.compress(model, method="dash", vision_ratio=0.5, vision_layer=1)
     text_model, _ = build("llama")
     with pytest.raises(ValueError, match=r"'llama' models have no vision tower: vision_ratio must be 0"):
-        dashvl.compress(text_model, vision_ratio=0.5)
+        dashvl.compress(text_model, method="dash", vision_ratio=0.5)
 
 
 def test_qwen2_5_vl_vision_trace_is_in_raster_order():
@@ -239,7 +239,7 @@ def test_qwen2_5_vl_vision_trace_is_in_raster_order():
         scores["u"] = output.float().norm(dim=-1)
 
     hook = visual.blocks[0].attn.register_forward_hook(keep)
-    with dashvl.compress(model, ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
+    with dashvl.compress(model, method="dash", ratio=0.0, vision_ratio=0.5, vision_layer=0) as h, torch.no_grad():
         model(**inputs)
     hook.remove()
     # the (h, w) of each patch in the blocks' order, through transformers' own window permutation
@@ -263,7 +263,7 @@ def test_video_frames_halt_per_frame():
                                     add_generation_prompt=True)
     inputs = dict(proc(text=[text], videos=[video], return_tensors="pt"))
     want, halted = VisionReference(model, 0, 0.5).features(inputs)
-    with dashvl.compress(model, ratio=0.5, layer=1, vision_ratio=0.5, vision_layer=0) as h:
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, vision_ratio=0.5, vision_layer=0) as h:
         got = _image_features(model, inputs)
         with torch.no_grad():
             model.generate(**inputs, max_new_tokens=2)

@@ -23,6 +23,7 @@ class Adapter:
     """
 
     model_types: tuple[str, ...] = ()
+    text_only = False  # a text LM: compress() takes its unset settings from dashvl.config.TEXT_DEFAULTS
 
     def text_config(self, model: nn.Module):
         return model.config.get_text_config(decoder=True)
@@ -73,22 +74,29 @@ class Adapter:
 
     def last_query_and_keys(self, attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                             last: torch.Tensor):
-        """The attention inputs FastV needs: the query of one token per row and every token's key.
+        """The attention inputs FastV needs: the query of one token per row (``last``, long [B]) and every
+        token's key; ``window_queries_and_keys`` with one position per row."""
+        return self.window_queries_and_keys(attn, hidden, cos, sin, last[:, None])
+
+    def window_queries_and_keys(self, attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                                positions: torch.Tensor):
+        """The queries of a few tokens per row and every token's key (FastV, SnapKV).
 
         Args:
             attn: the layer's attention module; hidden: [B, T, d], its (normed) input.
-            cos, sin: [B or 1, T, head_dim]; last: long [B], the position whose query is wanted.
+            cos, sin: [B or 1, T, head_dim]; positions: long [B, w], the positions whose queries are wanted.
         Returns:
-            query [B, heads, 1, head_dim], keys [B, kv_heads, T, head_dim], both with RoPE applied.
+            queries [B, heads, w, head_dim], keys [B, kv_heads, T, head_dim], both with RoPE applied.
         """
         B, T, d = hidden.shape
+        w = positions.shape[1]
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        pick = last.view(B, 1, 1)
-        h_last = hidden.gather(1, pick.expand(B, 1, d))
-        q = attn.q_proj(h_last).view(B, 1, -1, attn.head_dim).transpose(1, 2)
+        h_q = hidden.gather(1, positions[..., None].expand(B, w, d))
+        q = attn.q_proj(h_q).view(B, w, -1, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(hidden).view(B, T, -1, attn.head_dim).transpose(1, 2)
         cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
-        q, _ = rope(q, q, cos.gather(1, pick.expand(B, 1, cos.shape[-1])), sin.gather(1, pick.expand(B, 1, sin.shape[-1])))
+        pick = positions[..., None].expand(B, w, cos.shape[-1])
+        q, _ = rope(q, q, cos.gather(1, pick), sin.gather(1, pick))
         k, _ = rope(k, k, cos, sin)
         return q, k
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
+from .. import policy
 from ..methods import ScoreContext
 from . import checks, graphs, region
 from .plan import CallPlan, plan_call
@@ -74,6 +75,11 @@ class CallFlow:
         self.trace_parts: TraceParts | None = None
         self.graphs = self.short_layers = self._graph_devices = None
         self._scoring = None  # the activation attention's hook, on during a prompt's call
+        # methods that read Δ of the layers below l_s: those attentions, hooked during a prompt's call only
+        self._history_attentions = [layer.self_attn for layer in decoder_layers[:handle.layer]] \
+            if self.method.needs_history else []
+        self._history_hooks: list = []
+        self._history_sum = None
 
     @property
     def backend(self) -> str:
@@ -94,6 +100,9 @@ class CallFlow:
         if self._scoring is not None:
             self._scoring.remove()
             self._scoring = None
+        while self._history_hooks:
+            self._history_hooks.pop().remove()
+        self._history_sum = None
 
     def _new_plan(self, args, kwargs, grid_inputs) -> CallPlan | None:
         return plan_call(self.config, args, kwargs, grid_inputs, self.token_kinds, self.halted_kv)
@@ -118,6 +127,8 @@ class CallFlow:
         if plan.length > 1:  # only prompts are scored: decode steps fire no hook on the activation layer
             self._scoring = self.activation_attention.register_forward_hook(self.on_activation_attention,
                                                                             with_kwargs=True, prepend=True)
+            self._history_hooks = [a.register_forward_hook(self.on_history_attention)
+                                   for a in self._history_attentions]
         if self.short_layers is not None and (plan.num_halted is not None or plan.layout is not None):
             width = self._graph_width(plan, kwargs)
             if width is not None:
@@ -151,6 +162,14 @@ class CallFlow:
         checks.check_window(self.window, past + T)
         plan.cache, plan.past_length = cache, past
 
+    def on_history_attention(self, module, args, output):
+        """A layer below l_s, during a prompt (``Method.needs_history``): add its scaled Δ to the sum."""
+        plan = self.plan
+        if plan is None or plan.length <= 1:
+            return
+        scaled = policy.scaled_delta(output[0] if isinstance(output, tuple) else output, plan.real)
+        self._history_sum = scaled if self._history_sum is None else self._history_sum + scaled
+
     def on_activation_attention(self, module, args, kwargs, output):
         plan = self.plan
         if plan is None or plan.length <= 1:
@@ -158,8 +177,13 @@ class CallFlow:
         cos, sin = kwargs.get("position_embeddings") or (None, None)
         hidden = (args[0] if args else kwargs["hidden_states"]) if self.method.needs_attention_input else None
         update = output[0] if isinstance(output, tuple) else output
+        history = None
+        if self.method.needs_history:
+            history = policy.scaled_delta(update, plan.real)
+            if self._history_sum is not None:
+                history = (history + self._history_sum) / (len(self._history_attentions) + 1)
         plan.select(self.method.score(ScoreContext(module, update, hidden, cos, sin, plan.real,
-                                                   self.config.seed, self.adapter)))
+                                                   self.config.seed, self.adapter, history)))
         self.prefills += 1
         active = plan.active if plan.active is not None else plan.real
         self.trace_parts = TraceParts(plan.scores, active, plan.kinds, plan.token_ids, plan.grid_inputs,

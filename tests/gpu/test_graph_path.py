@@ -23,9 +23,9 @@ BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", 
 
 
 def compare(model, inputs, kv="drop", **kw) -> dict:
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=False):
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv, cuda_graph=False):
         want = generate(model, inputs, **kw)
-    with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=None) as h:
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv, cuda_graph=None) as h:
         got = generate(model, inputs, **kw)
         again = generate(model, inputs, **kw)  # a replay of the graph just captured
         counts = (h._graphs.captures, h._graphs.replays)
@@ -61,7 +61,7 @@ def test_two_caches_share_one_graph(on_gpu, cuda, record):
     b = dict(a, input_ids=torch.cat([a["input_ids"][:, :1], a["input_ids"][:, 1:].roll(3, 1)], 1))
     out = {}
     for mode in (False, None):
-        with dashvl.compress(model, ratio=0.5, layer=1, cuda_graph=mode), torch.no_grad():
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, cuda_graph=mode), torch.no_grad():
             first = model(**a, use_cache=True)
             model(**b, use_cache=True)
             nxt = first.logits[:, -1:].argmax(-1)
@@ -83,7 +83,7 @@ def test_bundled_models_answer_the_same(cuda, record, name, kv):
     model, processor = dashvl.load_model(name, device=cuda, dtype=torch.float32)
     runs, captures = {}, 0
     for graph in (False, None):
-        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=graph) as h:
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv, cuda_graph=graph) as h:
             # batches of 4: LLaVA's 576 image tokens at ratio 0.5 fit the graph path's slot limit 4 at a time
             runs[graph] = evaluate(model, processor, per_family, batch=4, workers=0, device=cuda,
                                    log=lambda *a: None, every_answer=True)

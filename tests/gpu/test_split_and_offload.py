@@ -66,7 +66,7 @@ def test_offloading_cache_under_the_graph_path(gpu_model, record, family, kv):
     model, inputs = gpu_model(family)
 
     def run(graph, offloading):
-        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv, cuda_graph=graph) as h:
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv, cuda_graph=graph) as h:
             out = generate(model, inputs, cache=DynamicCache(config=model.config, offloading=offloading))
             return out, h._graphs.captures if h._graphs else 0
 
@@ -91,16 +91,16 @@ def test_split_over_two_gpus(gpu_model, record, family):
                                                                          layers_of(split)[0].parameters()}
     res = {"devices of the first and last layer": sorted(where)}
     plain_one, plain_split = generate(model, inputs), generate(split, inputs)
-    with dashvl.compress(split, ratio=0.0, layer=1):
+    with dashvl.compress(split, method="dash", ratio=0.0, layer=1):
         zero = generate(split, inputs)
     res["unmodified split = one GPU"] = _same(plain_split, plain_one) and _diff(plain_split, plain_one) < ATOL
     res["ratio 0 split bitwise = unmodified split"] = (_same(zero, plain_split) and all(
         torch.equal(a, b) for a, b in zip(zero.logits, plain_split.logits)))
     for kv in ("drop", "keep"):
-        with dashvl.compress(model, ratio=0.5, layer=1, kv=kv) as h:
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as h:
             want = generate(model, inputs)
             want_halted = h.trace.halted.cpu()
-        with dashvl.compress(split, ratio=0.5, layer=1, kv=kv) as h:
+        with dashvl.compress(split, method="dash", ratio=0.5, layer=1, kv=kv) as h:
             got = generate(split, inputs)
             got_halted = h.trace.halted.cpu()
             graphs_used = h._graphs.captures if h._graphs else 0

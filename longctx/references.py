@@ -1,4 +1,8 @@
-"""Baselines that are not in dashvl yet, as token-halting score functions (lower halts first).
+"""Independent full-length references of dashvl's score methods, as plain functions (lower halts first).
+
+``dashvl.methods`` runs SnapKV, StreamingLLM and Δ inside ``dashvl.compress`` (gathered, fast); these
+functions compute the same ranks a second way, written separately, and ``longctx.masked.MaskedHalting`` runs
+them at full length by masking. Tests hold the two to the same halted tokens and the same generated tokens.
 
 Every function has the signature ``scores(attn, hidden, U, cos, sin, real, **options) -> float32 [B, T]``,
 called at the activation layer l_s:
@@ -9,8 +13,6 @@ called at the activation layer l_s:
     cos, sin: [B or 1, T, head_dim], the rotary embeddings the layer received
     real: bool [B, T], False at padding
 
-They are meant to become entries of the method registry (``dashvl/methods.py``, a class per method with
-``score(ctx)``); until then ``longctx.masked.MaskedHalting`` runs them at full length.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 from dashvl.policy import delta_scores
 
-__all__ = ["RIVALS", "streamingllm_scores", "snapkv_scores", "dash_scores"]
+__all__ = ["REFERENCES", "streamingllm_scores", "snapkv_scores", "dash_scores"]
 
 _INF = float("inf")
 # "keep if at all possible": finite, so such tokens still sort before the ineligible ones (which
@@ -62,6 +64,8 @@ def snapkv_scores(attn, hidden, U, cos, sin, real, window: int = 32, kernel: int
     logits = (q.float() @ k.float().transpose(-1, -2)) * getattr(attn, "scaling", attn.head_dim ** -0.5)
     allowed = real[:, None, None, :] & (pos[None, None, None, :] <= qpos[:, None, :, None])
     attn_w = logits.masked_fill(~allowed, -_INF).softmax(-1)                       # [B, H, w, T]
+    # window slots before a short row's first real token (padding) ask nothing: their rows are all masked
+    attn_w = torch.where(real.gather(1, qpos)[:, None, :, None], attn_w, torch.zeros_like(attn_w))
     votes = attn_w.sum(2).mean(1)                                                   # [B, T]
     pooled = F.avg_pool1d(votes[:, None], kernel, stride=1, padding=kernel // 2, count_include_pad=False)[:, 0]
     in_window = pos[None, :] > (last[:, None] - w)
@@ -73,4 +77,5 @@ def dash_scores(attn, hidden, U, cos, sin, real) -> torch.Tensor:
     return delta_scores(U)
 
 
-RIVALS = {"streamingllm": streamingllm_scores, "snapkv": snapkv_scores, "dash-masked": dash_scores}
+# the names evaluate.py takes: "<dashvl method>-masked"
+REFERENCES = {"snapkv-masked": snapkv_scores, "streamingllm-masked": streamingllm_scores, "dash-masked": dash_scores}
