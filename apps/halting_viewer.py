@@ -4,7 +4,9 @@
 
 Three layers, as everywhere in dashvl: ``handle.trace`` is the data, ``dashvl.viz`` renders it, and this
 file only wires inputs to them. The model is read, never changed, outside a request; a session's results
-live in its own ``gr.State``; requests run one at a time (queue, concurrency 1).
+live in its own ``gr.State``; requests run one at a time: the queue's concurrency is 1, and a lock inside
+``Viewer.run`` also serialises the routes that bypass the queue (``/gradio_api/run/...``). Only ``/run`` and ``/overlays`` are
+published as an API; the upload cache is cleaned hourly; ``share`` is off unless ``--share`` is given.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import dashvl
 from dashvl import viz
 from dashvl.adapters import adapter_for
 from dashvl.config import KV_MODES, SCOPES
+from dashvl.images import for_qwen, to_rgb
 from dashvl.setting import Setting, method_names
 from dashvl.models import chat_prompt
 
@@ -64,11 +68,19 @@ class Request:
 
     @classmethod
     def parse(cls, prompt, ratio, layer, kv, scope, max_new_tokens, num_layers: int, method: str = "dash",
-              vision_ratio=0.0, vision_layer=0, vision_blocks: int | None = None) -> "Request":
-        """Raises InputError naming what is allowed."""
+              vision_ratio=0.0, vision_layer=0, vision_blocks: int | None = None,
+              control_tokens: tuple[str, ...] = ()) -> "Request":
+        """Raises InputError naming what is allowed. ``control_tokens``: the tokenizer's special-token strings,
+        which a prompt may not contain (it is text, not chat structure)."""
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(f"the prompt must be text; got {type(prompt).__name__}")
         prompt = (prompt or "").strip()
         if not prompt:
             raise InputError("the prompt is empty: type a question about the image(s)")
+        found = sorted({t for t in control_tokens if t and t in prompt})
+        if found:
+            raise InputError(f"the prompt contains the model's control token(s) {', '.join(found)}: the prompt is "
+                             "plain text (the viewer adds the images and the chat turns itself); remove them")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
         layer = _whole(layer, "layer")
@@ -134,6 +146,10 @@ class Viewer:
 
     def __init__(self, model, processor, name: str):
         self.model, self.processor, self.name = model, processor, name
+        self._lock = threading.Lock()  # every route that reaches the model goes through it, one at a time
+        tokenizer = getattr(processor, "tokenizer", processor)
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        self.control_tokens = tuple(sorted(set(getattr(tokenizer, "all_special_tokens", [])) | set(added)))
         adapter = adapter_for(model)  # ValueError for a model type dashvl does not support
         self.layers = adapter.decoder_layers(model)
         self.language_model = adapter.language_model(model)
@@ -155,7 +171,18 @@ class Viewer:
             raise InputError(f"{len(paths)} images given; the viewer takes at most {MAX_IMAGES}")
         model_imgs, shown, notes = [], [], []
         for i, path in enumerate(paths, 1):
-            img = _open_image(path, i)
+            img, transparent = _open_image(path, i)
+            if transparent:
+                notes.append(f"image {i} has transparent parts: they are shown to the model on white")
+            if getattr(self.processor.image_processor, "merge_size", None):  # Qwen-VL: sized as Qwen's examples do
+                ready = for_qwen(img, self.processor.image_processor)
+                if ready.width * ready.height < img.width * img.height:
+                    notes.append(f"image {i} ({img.width}x{img.height} px) was downscaled to {ready.width}x"
+                                 f"{ready.height} px, the model's pixel budget (qwen_vl_utils)")
+                model_imgs.append(ready)
+                shown.append(img.copy())
+                shown[-1].thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+                continue
             target = _fit_budget(img.size, self.processor.image_processor)
             if target is not None:
                 notes.append(f"image {i} ({img.width}x{img.height} px) was downscaled to {target[0]}x{target[1]} "
@@ -208,9 +235,10 @@ class Viewer:
             vision_layer=0) -> ViewerResult:
         """Validate, load, generate. Raises InputError for bad input."""
         request = Request.parse(prompt, ratio, layer, kv, scope, max_new_tokens, self.num_layers, method,
-                                vision_ratio, vision_layer, self.vision_blocks)
+                                vision_ratio, vision_layer, self.vision_blocks, self.control_tokens)
         model_imgs, shown, notes = self.load_images(paths)
-        plain, dash, trace, ids, more = self.answer(request, model_imgs)
+        with self._lock:  # the model and a compressed model's per-call state serve one request at a time
+            plain, dash, trace, ids, more = self.answer(request, model_imgs)
         notes += more
         grids = sum(s.kind == "image" for s in trace.spans)
         if grids != len(shown):  # e.g. a LLaVA that keeps CLS tokens: no grid to draw on
@@ -332,7 +360,7 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
         path, prompt = examples[evt.index]
         return [path], prompt
 
-    with gr.Blocks(title="dashvl halting viewer", analytics_enabled=False) as demo:
+    with gr.Blocks(title="dashvl halting viewer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## DASH halting viewer\nModel: `{viewer.name}` ({L} decoder layers). At layer l_s the "
                     "tokens whose self-attention changed them least stop; the layers above run on the rest."
                     + ("\n\n*A tiny random-weight model: its answers are noise, the halting is real.*"
@@ -341,26 +369,29 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
             with gr.Column(scale=1):
                 files = gr.File(label=f"images (1 to {MAX_IMAGES})", file_count="multiple", file_types=["image"],
                                 type="filepath", elem_id="images")
-                gallery = gr.Gallery(value=[(p, q) for p, q in examples], label="examples: click one to use it",
+                gallery = gr.Gallery(value=[(p, q) for p, q in examples], label="examples (the unmodified model answers each right; at the default setting DASH changes "
+                                           "some answers, which the two answer boxes show): click one",
                                      columns=4, height=180, allow_preview=False, interactive=False,
                                      elem_id="examples")
                 prompt = gr.Textbox(label="prompt", lines=2, elem_id="prompt")
                 with gr.Row():
-                    ratio = gr.Slider(0, 0.95, value=0.5, step=0.05, label="ratio ρ (share of tokens that halt)")
-                    layer = gr.Slider(0, L - 2, value=min(2, L // 4), step=1, label="activation layer l_s")
+                    ratio = _named(gr.Slider, "ratio", minimum=0, maximum=0.95, value=0.5, step=0.05,
+                                   label="ratio ρ (share of tokens that halt)")
+                    layer = _named(gr.Slider, "layer", minimum=0, maximum=L - 2, value=min(2, L // 4), step=1,
+                                   label="activation layer l_s")
                 with gr.Row():
-                    kv = gr.Radio(list(KV_MODES), value="drop", label="kv (halted tokens as keys above l_s)")
-                    scope = gr.Radio(list(SCOPES), value="all", label="scope (which tokens may halt)")
-                method = gr.Radio(list(method_names()), value="dash", elem_id="method",
+                    kv = _named(gr.Radio, "kv", choices=list(KV_MODES), value="drop", label="kv (halted tokens as keys above l_s)")
+                    scope = _named(gr.Radio, "scope", choices=list(SCOPES), value="all", label="scope (which tokens may halt)")
+                method = _named(gr.Radio, "method", choices=list(method_names()), value="dash", elem_id="method",
                                   label="method (dash: smallest Δ halts; random / fastv / downsample: baselines at "
                                         "the same budget; downsample shrinks the images instead)")
                 with gr.Row(visible=viewer.vision_blocks is not None):
-                    vision_ratio = gr.Slider(0, 0.95, value=0.0, step=0.05, elem_id="vision_ratio",
+                    vision_ratio = _named(gr.Slider, "vision_ratio", minimum=0, maximum=0.95, value=0.0, step=0.05, elem_id="vision_ratio",
                                              label="vision ratio (share of patches halted inside the vision tower)")
                     vb = viewer.vision_blocks or 2
-                    vision_layer = gr.Number(value=min(vb // 4, vb - 2), precision=0, minimum=0, maximum=vb - 2,
+                    vision_layer = _named(gr.Number, "vision_layer", value=min(vb // 4, vb - 2), precision=0, minimum=0, maximum=vb - 2,
                                              elem_id="vision_layer", label=f"vision block v_s (0 to {vb - 2})")
-                max_new = gr.Slider(1, MAX_NEW_TOKENS, value=16, step=1, label="max new tokens")
+                max_new = _named(gr.Slider, "max_new_tokens", minimum=1, maximum=MAX_NEW_TOKENS, value=16, step=1, label="max new tokens")
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Textbox(label="messages", interactive=False, lines=2, elem_id="status")
@@ -371,7 +402,8 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                     with gr.Column():
                         dash_answer = gr.Textbox(label="answer with DASH", interactive=False, elem_id="dash")
                         dash_md = gr.Markdown()
-                view_layer = gr.Slider(0, L - 1, value=L - 1, step=1, label="show layer", elem_id="view_layer")
+                view_layer = _named(gr.Slider, "view_layer", minimum=0, maximum=L - 1, value=L - 1, step=1, label="show layer",
+                                     elem_id="view_layer")
                 overlay = gr.Gallery(label="halted image tokens at that layer", elem_id="overlays", **_RESULTS)
         with gr.Row():
             heat = gr.Gallery(label="Δ at the activation layer", elem_id="heatmaps", **_RESULTS)
@@ -384,22 +416,66 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                                     elem_id="vision_overlays", **_RESULTS)
         state = gr.State(None, time_to_live=3600)
 
-        gallery.select(on_pick_example, None, [files, prompt])
+        gallery.select(on_pick_example, None, [files, prompt], api_name=False)  # UI only
         run.click(on_run, [files, prompt, ratio, layer, kv, scope, max_new, view_layer, method, vision_ratio, vision_layer],
                   [status, plain_answer, plain_md, dash_answer, dash_md, overlay, heat, plot, flops_md, tokens,
                    vision_gallery, state],
                   api_name="run")
+        # published: an API client re-renders its own session's last result at another layer
         view_layer.change(overlays, [state, view_layer], overlay, api_name="overlays")
     return demo.queue(default_concurrency_limit=1, max_size=32)
+
+
+class _Named:
+    """A Gradio input whose API errors name the setting and its allowed values (Gradio's own say only "Value 99
+    is greater than maximum value 2", or nothing at all for a non-number)."""
+
+    setting = ""
+
+    def get_block_name(self) -> str:  # the browser draws the stock component (slider, number, radio)
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
+
+    def preprocess(self, payload):
+        if isinstance(self, gr.Radio):
+            if payload not in [c[1] if isinstance(c, tuple) else c for c in self.choices]:
+                raise gr.Error(f"{self.setting} must be one of {', '.join(str(c[1]) for c in self.choices)}; "
+                               f"got {payload!r}")
+            return super().preprocess(payload)
+        try:
+            value = float(payload)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value != value or not self.minimum <= value <= self.maximum:
+            raise gr.Error(f"{self.setting} must be a number in [{self.minimum:g}, {self.maximum:g}]; got {payload!r}")
+        return super().preprocess(value)
+
+
+class NamedSlider(_Named, gr.Slider):
+    pass
+
+
+class NamedNumber(_Named, gr.Number):
+    pass
+
+
+class NamedRadio(_Named, gr.Radio):
+    pass
+
+
+def _named(kind, setting: str, **kwargs):
+    component = {gr.Slider: NamedSlider, gr.Number: NamedNumber, gr.Radio: NamedRadio}[kind](**kwargs)
+    component.setting = setting
+    return component
 
 
 # Result galleries: every picture whole and side by side (the default preview crops to fill its box).
 _RESULTS = dict(columns=2, height="auto", object_fit="contain", preview=False, allow_preview=True, format="png")
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs):
-    """``demo.launch`` with the viewer's limits; extra keyword arguments go to it."""
-    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD,
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
+    """``demo.launch`` with the viewer's limits; extra keyword arguments go to it. ``share`` is passed
+    explicitly, so ``GRADIO_SHARE`` in the environment cannot open a public link by itself."""
+    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, share=bool(share),
                        allowed_paths=[str(EXAMPLES_DIR)], **kwargs)
 
 
@@ -410,6 +486,7 @@ def main(argv=None):
                         "a local model folder or a hub id (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    p.add_argument("--share", action="store_true", help="open a public gradio.live link (off unless given)")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error(f"--port must be in [1, 65535]; got {args.port}")
@@ -419,7 +496,7 @@ def main(argv=None):
         demo = build_demo(model, processor, model_name=args.model)
     except (OSError, ValueError) as err:
         raise SystemExit(f"cannot serve --model {args.model!r}: {err}")
-    launch(demo, args.host, args.port)
+    launch(demo, args.host, args.port, share=args.share)
 
 
 # ----------------------------------------------------------------- helpers
@@ -472,22 +549,31 @@ def _whole(value, name: str) -> int:
     return int(number)
 
 
-def _open_image(path, i: int) -> Image.Image:
-    """Decode an upload as RGB; InputError for what is not a readable image or is too big to decode."""
-    name = f"image {i} ({Path(str(path)).name})"
+def _open_image(path, i: int) -> tuple[Image.Image, bool]:
+    """Decode an upload as a person sees it (``dashvl.images.to_rgb``: EXIF orientation, 16-bit scaled, alpha on
+    white) and whether it had transparent parts; InputError for what is not a readable image or is too big to decode. Messages name the file by its
+    own name, never by the server's path to it."""
+    path = str(path)
+    name = f"image {i} ({Path(path).name})"
+
+    def clean(err) -> str:
+        return str(err).replace(path, Path(path).name).replace(str(Path(path).parent) + "/", "")
+
     try:
         with Image.open(path) as img:
             img.draft("RGB", (4096, 4096))  # JPEG only: decode big photos at 1/2 .. 1/8 scale
             if img.width * img.height > MAX_INPUT_PIXELS:  # known from the header, before decoding
                 raise InputError(f"{name} is {img.width}x{img.height} px; the viewer decodes at most "
                                  f"{MAX_INPUT_PIXELS // 1_000_000} megapixels: downscale it first")
-            return img.convert("RGB")
+            img.load()
+            transparent = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+            return to_rgb(img), transparent
     except InputError:
         raise
     except Image.DecompressionBombError as err:  # PIL's own limit, from the header: the same advice
-        raise InputError(f"{name} is too large to decode ({err}); downscale it first") from None
+        raise InputError(f"{name} is too large to decode ({clean(err)}); downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{name} is not a readable image (PNG, JPEG, WebP, ... expected): {err}") from None
+        raise InputError(f"{name} is not a readable image (PNG, JPEG, WebP, ... expected): {clean(err)}") from None
 
 
 def _size_field(size, key):

@@ -34,12 +34,13 @@ def _load(args):
 
 
 def _image(path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     if path is None:
         from dashvl.tiny import sample_image
         return sample_image(112, 84, seed=3)
+    from dashvl.images import open_rgb
     try:
-        return Image.open(path).convert("RGB")
+        return open_rgb(path)  # EXIF orientation, 16-bit scaled, transparency on white
     except FileNotFoundError:
         raise SystemExit(f"image not found: {path}")
     except UnidentifiedImageError:
@@ -103,6 +104,9 @@ def main(argv=None):
     except ValueError as err:
         raise SystemExit(f"setting {setting} does not fit {name}: {err}")
     text, image = chat_prompt(processor, args.prompt), _image(args.image)
+    if getattr(processor.image_processor, "merge_size", None):  # Qwen-VL: sized as qwen_vl_utils sizes it
+        from dashvl.images import for_qwen
+        image = for_qwen(image, processor.image_processor)
 
     def encode(process):
         return process(text=[text], images=[image], return_tensors="pt").to(model.device)

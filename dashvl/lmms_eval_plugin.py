@@ -31,8 +31,10 @@ import os
 import time
 from pathlib import Path
 
+import PIL.Image
 import torch
 
+from .images import to_rgb
 from .setting import Setting, apply
 
 __all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL", "DashLlava"]
@@ -181,7 +183,13 @@ class _DashMixin:
         return setting
 
     def process(self, *args, **kwargs):
-        """The processor's call, through the downsampling baseline when it is the setting."""
+        """The processor's call, through the downsampling baseline when it is the setting; PIL images as a
+        person sees them first (``dashvl.images.to_rgb``: EXIF orientation, 16-bit scaled, alpha on white)."""
+        images = kwargs.get("images")
+        if isinstance(images, PIL.Image.Image):
+            kwargs["images"] = to_rgb(images)
+        elif isinstance(images, (list, tuple)):
+            kwargs["images"] = [to_rgb(i) if isinstance(i, PIL.Image.Image) else i for i in images]
         return self._applied.processor(*args, **kwargs)
 
     # ------------------------------------------------------------------ prefill stats
@@ -370,7 +378,8 @@ class _LlavaMixin(_DashMixin):
                                           "media (use lmms-eval's llava_hf for those)")
             texts = [self._prompt(c, len(v)) for c, v in zip(contexts, visuals)]
             images = [v for row in visuals for v in row]
-            inputs = self._image_processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+            inputs = self._image_processor(images=[to_rgb(i) for i in images] or None, text=texts, return_tensors="pt",
+                                           padding=True)
             inputs = inputs.to(self._device, self.model.dtype)
             gen = dict(all_gen_kwargs[0])
             until = gen.pop("until", None) or [self.tok_decode(self.eot_token_id)]

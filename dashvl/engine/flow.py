@@ -28,6 +28,7 @@ hooks on the model and two on the stack, and at ratio 0 nothing above l_s is tou
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 
 import torch
@@ -80,6 +81,10 @@ class CallFlow:
             if self.method.needs_history else []
         self._history_hooks: list = []
         self._history_sum = None
+        # one call at a time: the state above is the call's own; a call from another thread meanwhile is refused
+        self._owner_lock = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
 
     @property
     def backend(self) -> str:
@@ -109,7 +114,30 @@ class CallFlow:
 
     # ----------------------------------------------------------------- hooks
 
+    def _enter(self) -> None:
+        """This thread's call begins (model or stack pre-hook); RuntimeError while another thread's is running."""
+        me = threading.get_ident()
+        with self._owner_lock:
+            if self._owner not in (None, me):
+                raise RuntimeError("this compressed model is running a call in another thread: dashvl keeps each "
+                                   "call's halting state on the model, so one compressed model serves one call at "
+                                   "a time. Serialise the calls (a lock around generate), or give each thread its "
+                                   "own model")
+            self._owner = me
+            self._depth += 1
+
+    def _leave(self) -> bool:
+        """This thread's call ends (a post-hook); False when the call was another thread's refused one."""
+        with self._owner_lock:
+            if self._owner != threading.get_ident():
+                return False
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+            return True
+
     def on_call(self, module, args, kwargs):
+        self._enter()
         checks.check_call(self.model, kwargs)
         checks.check_backend(self.backend, self.kv_mode)
         checks.check_generation(self.model)
@@ -117,6 +145,7 @@ class CallFlow:
 
     def on_decoder_stack(self, module, args, kwargs):
         """The decoder stack starts: use the call the model planned, or plan one (the stack called directly)."""
+        self._enter()
         plan = self.plan
         if plan is None or plan.started:
             plan = self.plan = self._new_plan(args, kwargs, {})
@@ -136,6 +165,8 @@ class CallFlow:
             self.stack.layers = self.short_layers  # restored by on_call_end
 
     def on_call_end(self, module, args, output):
+        if not self._leave():
+            return  # another thread's call, refused in its pre-hook: the running call's state stays
         self.restore_layers()
         self.plan = None
 
