@@ -1,7 +1,10 @@
 """The GPU benchmark's code paths, run on the CPU at a toy size (the numbers mean nothing here)."""
 import json
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("model,mode", [("qwen2-vl-mid", "e2e"), ("llava-mid", "llm")])
@@ -49,3 +52,14 @@ def test_generate_benchmark_runs_on_cpu(tmp_path):
         assert keep["ttft_speedup"] == base["ttft"] / keep["ttft"]
     (saved,) = tmp_path.glob("generate_qwen2-vl-mid_llm_cpu_sdpa.json")
     assert json.loads(saved.read_text())["results"] == json.loads(json.dumps(results))
+
+
+def test_the_generate_plot_draws_every_recorded_prompt(tmp_path):
+    from bench import plot_generate
+    files = [str(ROOT / "bench/results/generate_llava-1.5-7b_e2e_cuda_sdpa_images.json"),
+             str(ROOT / "bench/results/generate_qwen2-vl-7b_llm_cuda_sdpa_4k.json")]
+    titles = [t for t, _ in plot_generate.panels(files)]
+    assert titles == ["llava-1.5-7b, 602 tokens, batch 1, dynamic", "llava-1.5-7b, 2336 tokens, batch 1, dynamic",
+                      "qwen2-vl-7b, 4160 tokens, batch 1, dynamic"]
+    plot_generate.main(files + ["--out", str(tmp_path / "g.png")])
+    assert (tmp_path / "g.png").stat().st_size > 20_000

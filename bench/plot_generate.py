@@ -1,0 +1,58 @@
+"""The generate() benchmark as one picture: per prompt, each setting's speedup over the unmodified model for the
+first token, a decode step and the whole answer.
+
+    python -m bench.plot_generate bench/results/generate_llava-1.5-7b_e2e_cuda_sdpa_images.json \\
+        bench/results/generate_qwen2-vl-7b_llm_cuda_sdpa_4k.json --out bench/generate_speedups.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["panels", "main"]
+
+METRICS = ("ttft", "step", "whole_32", "whole_128")
+
+
+def panels(paths) -> list[tuple[str, list[dict]]]:
+    """``[(title, rows)]``: one panel per (file, prompt length, batch, cache)."""
+    out = []
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        model = record["info"].get("model", Path(path).stem)
+        for r in record["results"]:
+            out.append((f"{model}, {r['tokens']} tokens, batch {r['batch']}, {r['cache']}", r["rows"]))
+    return out
+
+
+def main(argv=None) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = argparse.ArgumentParser(prog="python -m bench.plot_generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    items = panels(a.files)
+    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 3.8), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], items):
+        settings = [r for r in rows if r["setting"] != "unmodified"]
+        width = 0.8 / max(len(settings), 1)
+        for i, r in enumerate(settings):
+            values = [r.get(f"{m}_speedup", float("nan")) for m in METRICS]
+            ax.bar([j + i * width for j in range(len(METRICS))], values, width, label=r["setting"])
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(METRICS))], METRICS)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("× over unmodified (higher is faster)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+    print(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
