@@ -5,8 +5,8 @@
     print(best.markdown())  # everything it measured
 
 For each sample the unmodified model first answers greedily (``new_tokens`` tokens: the reference). Each
-candidate setting then reads that answer back, one decode step per token after a halted prefill of the
-prompt, exactly as ``generate`` would run it: the mean negative log-likelihood of the reference tokens
+candidate setting then reads that answer back through ``generate`` itself with the answer forced (a halted
+prefill of the prompt, one decode step per token; every family prepares its inputs as it always does): the mean negative log-likelihood of the reference tokens
 (its increase over the unmodified model is the *loss*) and the share of them that stay the argmax (the
 *agreement*). The pick is the setting with the largest prefill FLOPs limit whose loss increase is at most
 ``max_loss`` (ties: the higher agreement); when none is, the setting with the least loss, flagged.
@@ -14,7 +14,6 @@ prompt, exactly as ``generate`` would run it: the mean negative log-likelihood o
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import numbers
 from collections.abc import Iterable, Mapping
@@ -113,26 +112,37 @@ def _inputs(sample, device) -> dict:
     return inputs
 
 
+class _Force:
+    """A logits processor that makes generate pick ``answer``'s tokens in turn (teacher forcing through
+    generate's own path, so every model family prepares its inputs as it always does)."""
+
+    def __init__(self, answer: torch.Tensor):
+        self.answer, self.step = answer, 0
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.answer[0, self.step]] = 0.0
+        self.step += 1
+        return forced
+
+
 @torch.no_grad()
-def _read_back(model, inputs: dict, answer: torch.Tensor, cache_kw: str = "cache") -> tuple[float, float]:
-    """Mean NLL of ``answer`` [1, n] after ``inputs``' prompt, and the share of it that is the argmax:
-    a prefill of the prompt, then one decode step per answer token (what generate runs)."""
-    out = model(**inputs, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    mask = inputs.get("attention_mask")
+def _read_back(model, inputs: dict, answer: torch.Tensor) -> tuple[float, float]:
+    """Mean NLL of ``answer`` [1, n] after ``inputs``' prompt, and the share of it that is the argmax: generate
+    with the answer forced (a prefill of the prompt, then one decode step per answer token), reading the raw
+    logits of every step."""
+    from transformers import LogitsProcessorList
+
+    n = answer.shape[1]
+    pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                         pad_token_id=pad, logits_processor=LogitsProcessorList([_Force(answer)]),
+                         output_logits=True, return_dict_in_generate=True)
     nll, hits = 0.0, 0
-    for i in range(answer.shape[1]):
-        token = answer[:, i]
-        logp = torch.log_softmax(logits.float(), -1)
-        nll -= float(logp[0, token])
-        hits += int(logits.argmax(-1)[0] == token)
-        if i + 1 == answer.shape[1]:
-            break
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
-        step = model(input_ids=token[:, None], attention_mask=mask, use_cache=True, **{cache_kw: cache})
-        cache, logits = step.past_key_values, step.logits[:, -1]
-    return nll / answer.shape[1], hits / answer.shape[1]
+    for logits, token in zip(out.logits, answer[0]):
+        nll -= float(torch.log_softmax(logits[0].float(), -1)[token])
+        hits += int(logits[0].argmax() == token)
+    return nll / n, hits / n
 
 
 def calibrate(model, samples: Iterable, *, max_loss: float = 0.05, layers=DEFAULT_LAYERS, ratios=DEFAULT_RATIOS,
@@ -180,7 +190,6 @@ def calibrate(model, samples: Iterable, *, max_loss: float = 0.05, layers=DEFAUL
     num_layers = text_config.num_hidden_layers
     for config in grid:
         config.resolve_layer(num_layers)  # a layer out of range: refused before any prompt runs
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     inputs = [_inputs(s, device) for s in samples]
     pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
     answers, base_nll = [], 0.0
@@ -189,7 +198,7 @@ def calibrate(model, samples: Iterable, *, max_loss: float = 0.05, layers=DEFAUL
             out = model.generate(**x, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad,
                                  eos_token_id=None)  # full-length answers: every sample reads back new_tokens
             answers.append(out[:, x["input_ids"].shape[1]:])
-            base_nll += _read_back(model, x, answers[-1], cache_kw)[0] / len(inputs)
+            base_nll += _read_back(model, x, answers[-1])[0] / len(inputs)
     rows, seen = [], set()
     for config in tqdm(grid, desc="calibrate: settings", disable=not progress):
         layer = config.resolve_layer(num_layers)
@@ -202,7 +211,7 @@ def calibrate(model, samples: Iterable, *, max_loss: float = 0.05, layers=DEFAUL
         try:
             nll = agree = speed = 0.0
             for x, answer in zip(inputs, answers):
-                n, a = _read_back(model, x, answer, cache_kw)
+                n, a = _read_back(model, x, answer)
                 full, halted = prefill_flops(text_config, handle.trace, 0)
                 nll, agree, speed = nll + n, agree + a, speed + full / halted
         finally:

@@ -6,7 +6,7 @@ import torch
 
 import dashvl
 from dashvl.calibrate import _read_back
-from tests.helpers import build
+from tests.helpers import build, make_inputs
 
 
 def _samples(tok, n=2):
@@ -48,20 +48,22 @@ def test_refusals_name_what_is_allowed(llama):
             dashvl.calibrate(model, samples, progress=False)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl", "llava"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
-def test_read_back_is_what_generate_computes(llama, kv):
+def test_read_back_is_what_generate_computes(family, kv):
     """The NLL calibrate reads for a compressed model equals the one from generate's own logits, on the
-    tokens that generate picked (so calibrate measures what a user would run)."""
-    model, tok = llama
-    inputs = _samples(tok, 1)[0]
-    with torch.no_grad(), dashvl.compress(model, ratio=0.5, layer=1, kv=kv):
+    tokens that generate picked (so calibrate measures what a user would run), text LMs and VLMs alike."""
+    model, tok = build(family)
+    inputs = _samples(tok, 1)[0] if family == "llama" else make_inputs(family, batch=1)
+    with torch.no_grad(), dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv):
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, eos_token_id=None)
         answer = out.sequences[:, inputs["input_ids"].shape[1]:]
-        nll, agreement = _read_back(model, inputs, answer, "cache")
+        nll, agreement = _read_back(model, inputs, answer)
     want = -sum(float(torch.log_softmax(l.float(), -1)[0, t]) for l, t in zip(out.logits, answer[0])) / 5
     assert agreement == 1.0  # its own greedy tokens are its argmax
     assert math.isclose(nll, want, rel_tol=1e-4, abs_tol=1e-5)
+    assert dashvl.calibrate(model, [inputs], layers=(1,), ratios=(0.5,), methods=("dash",), progress=False).rows
 
 
 def test_pick_is_the_fastest_setting_within_the_budget(llama):
