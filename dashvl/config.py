@@ -34,8 +34,10 @@ class DashConfig:
         protect_last: the last N real prompt tokens of each row never halt (N >= 1: the last
             token's logits are the output of prefill).
         method: the score that ranks tokens, a name in ``dashvl.methods.names("llm")``: ``"dash"``
-            (Δ = ||U||₂), ``"random"`` (uniform, seeded) or ``"fastv"`` (attention the last token pays each
-            token at l_s, averaged over heads).
+            (Δ = ||U||₂, the paper), ``"dash-avg"`` / ``"dash-snap"`` / ``"dash-sinks"`` (dashvl's text criteria,
+            see ``dashvl.methods``), ``"random"`` (uniform, seeded), ``"fastv"`` (attention the last token pays
+            each token at l_s), ``"snapkv"`` (the last 32 tokens' attention, pooled) or ``"streamingllm"``
+            (sinks + recent). ``compress`` on a text-only LM defaults to ``TEXT_DEFAULTS``.
         seed: the seed of ``"random"``.
         vision_ratio: fraction of each image's patches that halt inside the vision tower (0: off). Ranked
             by the method's ``vision_score``: Δ, or at random with method="random" (FastV has no
