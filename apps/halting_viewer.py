@@ -383,8 +383,9 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                     kv = _named(gr.Radio, "kv", choices=list(KV_MODES), value="drop", label="kv (halted tokens as keys above l_s)")
                     scope = _named(gr.Radio, "scope", choices=list(SCOPES), value="all", label="scope (which tokens may halt)")
                 method = _named(gr.Radio, "method", choices=list(method_names()), value="dash", elem_id="method",
-                                  label="method (dash: smallest Δ halts; random / fastv / downsample: baselines at "
-                                        "the same budget; downsample shrinks the images instead)")
+                                  label="method (dash: smallest Δ halts, the paper; dash-avg / dash-snap / dash-sinks: "
+                                        "dashvl's variants; random / fastv / snapkv / streamingllm / downsample: "
+                                        "baselines at the same budget; downsample shrinks the images instead)")
                 with gr.Row(visible=viewer.vision_blocks is not None):
                     vision_ratio = _named(gr.Slider, "vision_ratio", minimum=0, maximum=0.95, value=0.0, step=0.05, elem_id="vision_ratio",
                                              label="vision ratio (share of patches halted inside the vision tower)")
