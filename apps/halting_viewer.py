@@ -427,45 +427,29 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
     return demo.queue(default_concurrency_limit=1, max_size=32)
 
 
-class _Named:
-    """A Gradio input whose API errors name the setting and its allowed values (Gradio's own say only "Value 99
-    is greater than maximum value 2", or nothing at all for a non-number)."""
+def _named(kind, setting: str, **kwargs):
+    """A stock Gradio input whose API errors name the setting and its allowed values (Gradio's own say only
+    "Value 99 is greater than maximum value 2", or nothing at all for a non-number). The check wraps the
+    instance's ``preprocess``: a subclass would make Gradio write a ``.pyi`` copy of this module at import."""
+    component = kind(**kwargs)
+    stock = component.preprocess
 
-    setting = ""
-
-    def get_block_name(self) -> str:  # the browser draws the stock component (slider, number, radio)
-        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
-
-    def preprocess(self, payload):
-        if isinstance(self, gr.Radio):
-            if payload not in [c[1] if isinstance(c, tuple) else c for c in self.choices]:
-                raise gr.Error(f"{self.setting} must be one of {', '.join(str(c[1]) for c in self.choices)}; "
-                               f"got {payload!r}")
-            return super().preprocess(payload)
+    def preprocess(payload):
+        if isinstance(component, gr.Radio):
+            allowed = [c[1] if isinstance(c, tuple) else c for c in component.choices]
+            if payload not in allowed:
+                raise gr.Error(f"{setting} must be one of {', '.join(map(str, allowed))}; got {payload!r}")
+            return stock(payload)
         try:
             value = float(payload)
         except (TypeError, ValueError):
             value = None
-        if value is None or value != value or not self.minimum <= value <= self.maximum:
-            raise gr.Error(f"{self.setting} must be a number in [{self.minimum:g}, {self.maximum:g}]; got {payload!r}")
-        return super().preprocess(value)
+        lo, hi = component.minimum, component.maximum
+        if value is None or value != value or not lo <= value <= hi:
+            raise gr.Error(f"{setting} must be a number in [{lo:g}, {hi:g}]; got {payload!r}")
+        return stock(value)
 
-
-class NamedSlider(_Named, gr.Slider):
-    pass
-
-
-class NamedNumber(_Named, gr.Number):
-    pass
-
-
-class NamedRadio(_Named, gr.Radio):
-    pass
-
-
-def _named(kind, setting: str, **kwargs):
-    component = {gr.Slider: NamedSlider, gr.Number: NamedNumber, gr.Radio: NamedRadio}[kind](**kwargs)
-    component.setting = setting
+    component.preprocess = preprocess
     return component
 
 

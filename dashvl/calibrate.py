@@ -138,11 +138,16 @@ def _read_back(model, inputs: dict, answer: torch.Tensor) -> tuple[float, float]
     out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
                          pad_token_id=pad, logits_processor=LogitsProcessorList([_Force(answer)]),
                          output_logits=True, return_dict_in_generate=True)
+    return _nll_and_agreement(out.logits, answer)
+
+
+def _nll_and_agreement(logits, answer: torch.Tensor) -> tuple[float, float]:
+    """Mean NLL of ``answer`` [1, n] under the per-step ``logits`` ([1, vocab] each), and the share that is the argmax."""
     nll, hits = 0.0, 0
-    for logits, token in zip(out.logits, answer[0]):
-        nll -= float(torch.log_softmax(logits[0].float(), -1)[token])
-        hits += int(logits[0].argmax() == token)
-    return nll / n, hits / n
+    for step, token in zip(logits, answer[0]):
+        nll -= float(torch.log_softmax(step[0].float(), -1)[token])
+        hits += int(step[0].argmax() == token)
+    return nll / len(logits), hits / len(logits)
 
 
 def calibrate(model, samples: Iterable, *, max_loss: float = 0.05, layers=DEFAULT_LAYERS, ratios=DEFAULT_RATIOS,
@@ -195,10 +200,13 @@ def calibrate(model, samples: Iterable, *, max_loss: float = 0.05, layers=DEFAUL
     answers, base_nll = [], 0.0
     with torch.no_grad():
         for x in tqdm(inputs, desc="calibrate: reference answers", disable=not progress):
-            out = model.generate(**x, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=None)  # full-length answers: every sample reads back new_tokens
-            answers.append(out[:, x["input_ids"].shape[1]:])
-            base_nll += _read_back(model, x, answers[-1])[0] / len(inputs)
+            out = model.generate(**x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=None, output_logits=True,
+                                 return_dict_in_generate=True)  # full length: every sample reads back new_tokens
+            answers.append(out.sequences[:, x["input_ids"].shape[1]:])
+            # the unmodified model's own logits of its greedy answer: what _read_back would measure, without a
+            # second generate (tests/test_calibrate.py holds the two equal)
+            base_nll += _nll_and_agreement(out.logits, answers[-1])[0] / len(inputs)
     rows, seen = [], set()
     for config in tqdm(grid, desc="calibrate: settings", disable=not progress):
         layer = config.resolve_layer(num_layers)

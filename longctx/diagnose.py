@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from dashvl import policy
+
 from .tasks import TASKS, _seed, build_sample
 
 __all__ = ["KINDS", "SCORES", "token_kinds_of", "record_layers", "percentiles", "main"]
@@ -33,8 +35,8 @@ def _norm(x):
     return torch.linalg.vector_norm(x.float(), dim=-1)
 
 
-def _layer_scaled(u):  # one layer's Δ divided by its median, so layers of different scale average fairly
-    return u / u.median().clamp_min(1e-12)
+def _scaled_delta(U):  # one layer's Δ over its median (dash-avg's own scaling), one prompt
+    return policy.scaled_delta(U[None], torch.ones(1, U.shape[0], dtype=torch.bool, device=U.device))[0]
 
 
 # name -> (layer l, record) -> float [T]; lower halts first. The record holds, per layer: x (input),
@@ -44,7 +46,7 @@ SCORES = {
     "Δ/||x|| (relative)": lambda l, r: _norm(r["U"][l]) / _norm(r["x"][l]),
     "||y-x|| (block)": lambda l, r: _norm(r["y"][l] - r["x"][l]),
     "||y-x||/||x|| (block, relative)": lambda l, r: _norm(r["y"][l] - r["x"][l]) / _norm(r["x"][l]),
-    "mean Δ over layers 0..l": lambda l, r: torch.stack([_layer_scaled(_norm(r["U"][k])) for k in range(l + 1)]).mean(0),
+    "mean Δ over layers 0..l": lambda l, r: torch.stack([_scaled_delta(r["U"][k]) for k in range(l + 1)]).mean(0),
     "-Δ (reversed)": lambda l, r: -_norm(r["U"][l]),
 }
 
@@ -100,11 +102,8 @@ def record_layers(model, ids: torch.Tensor) -> dict:
 
 
 def percentiles(scores: torch.Tensor) -> torch.Tensor:
-    """Each token's rank among the prompt's tokens as a fraction in [0, 1] (0 = lowest score)."""
-    order = torch.argsort(scores.float(), stable=True)
-    ranks = torch.empty_like(order)
-    ranks[order] = torch.arange(len(order))
-    return ranks.float() / max(len(order) - 1, 1)
+    """Each token's rank among the prompt's tokens as a fraction in [0, 1] (0 = lowest score): ``policy.row_ranks``."""
+    return policy.row_ranks(scores[None], torch.ones(1, scores.shape[0], dtype=torch.bool, device=scores.device))[0]
 
 
 def diagnose(model, tokenizer, task_names, length: int, n: int, layers) -> dict:
