@@ -97,14 +97,16 @@ def host_reads(counts: collections.Counter) -> int:
     return counts["aten._local_scalar_dense"] + counts["tolist"]
 
 
-def decode_step_counts(model, inputs: dict, settings, new_tokens: int = 4) -> list[collections.Counter]:
-    """The counts of the last decode step of a greedy ``generate`` for each setting (None: unmodified)."""
+def decode_step_counts(model, inputs: dict, settings, new_tokens: int = 4, **generate_kw) -> list[collections.Counter]:
+    """The counts of the last decode step of a greedy ``generate`` (with ``generate_kw``, for example
+    ``cache_implementation="static"``) for each setting (None: unmodified)."""
     out = []
     for s in settings:
         handle = dashvl.compress(model, **s) if s is not None else None
         try:
             with StepProbe(model) as probe, torch.no_grad():
-                model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+                model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               **generate_kw)
         finally:
             if handle is not None:
                 handle.remove()

@@ -71,15 +71,13 @@ def test_backend_switched_after_compress_is_refused_at_call():
         model(**tok(["what colour is the sky"], return_tensors="pt"))
 
 
-def test_static_cache_is_refused():
+def test_caches_other_than_dynamic_and_static_are_refused():
+    """Static caches are served (tests/test_static_cache.py); quantized ones are not."""
     model, tok = build("llama")
-    inputs = make_inputs("llama")
-    dashvl.compress(model, method="dash", ratio=0.5, layer=1)
-    with pytest.raises(ValueError, match=r"StaticCache is not supported: dashvl needs a DynamicCache"):
-        model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
-    model.generation_config.cache_implementation = "static"
+    model.generation_config.cache_implementation = "quantized"
     try:
-        with pytest.raises(ValueError, match=r"cache_implementation='static' is not supported"):
+        with pytest.raises(ValueError, match=r"cache_implementation='quantized' is not supported by dashvl; use "
+                                             r"None \(the dynamic cache\), 'offloaded' or 'static'"):
             dashvl.compress(model, method="dash", ratio=0.5, layer=1)
     finally:
         model.generation_config.cache_implementation = None

@@ -75,3 +75,28 @@ def test_a_refused_call_does_not_keep_the_model_busy():
         t.start()
         t.join(60)
         assert "out" in result  # another thread may call now
+
+
+def test_an_error_inside_a_direct_stack_call_is_cleared_by_the_next_call():
+    """The stack's post-hook is a plain one (an always-call hook would make torch.compile recompile the static
+    decode step per handle): a direct stack call that raises leaves its call on the books, and this thread's
+    next call clears it, so that call is exact."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    layers = layers_of(model)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1), torch.no_grad():
+        want = model(**inputs).logits
+
+        def boom(module, args, output):
+            raise RuntimeError("boom")
+
+        hook = layers[3].register_forward_hook(boom)
+        try:
+            with pytest.raises(RuntimeError, match="boom"):
+                model.model(**inputs)
+        finally:
+            hook.remove()
+        assert model.model.layers is not layers  # the failed call's runner is still in place
+        got = model(**inputs).logits
+        assert model.model.layers is layers
+    assert torch.equal(got, want)

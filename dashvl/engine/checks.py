@@ -6,7 +6,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 
 from ..adapters import SUPPORTED_ATTENTION
 
-__all__ = ["check_backend", "check_generation", "check_call", "check_cache", "check_cache_origin", "check_window"]
+__all__ = ["check_backend", "check_generation", "check_call", "check_compiled_call", "check_cache",
+           "check_cache_origin", "check_window"]
 
 # Cache layers that grow by concatenation. Sliding ones behave the same while the sequence fits in the
 # window, which ``check_window`` enforces.
@@ -26,9 +27,9 @@ def check_backend(backend: str, kv_mode: str) -> None:
 def check_generation(model) -> None:
     gen = getattr(model, "generation_config", None)
     impl = getattr(gen, "cache_implementation", None)
-    if impl not in (None, "dynamic"):
-        raise ValueError(f"generation_config.cache_implementation={impl!r} is not supported: dashvl needs "
-                         "the dynamic cache (halted layers keep shorter caches); set it to None")
+    if impl not in (None, "dynamic", "offloaded", "static"):
+        raise ValueError(f"generation_config.cache_implementation={impl!r} is not supported by dashvl; use "
+                         "None (the dynamic cache), 'offloaded' or 'static'")
     if getattr(gen, "prefill_chunk_size", None):
         raise ValueError("chunked prefill (generation_config.prefill_chunk_size) is not supported: DASH "
                          "halts tokens of a whole prompt at once; set prefill_chunk_size to None")
@@ -36,20 +37,32 @@ def check_generation(model) -> None:
 
 def check_call(model, kwargs: dict) -> None:
     """A model call's keyword arguments."""
-    if torch.compiler.is_compiling():
-        raise RuntimeError("dashvl does not run under torch.compile; compile a restored model instead")
     if kwargs.get("output_hidden_states") or kwargs.get("output_attentions") or \
             getattr(model.config, "output_hidden_states", False):
         raise ValueError("output_hidden_states / output_attentions are not available on a compressed model "
                          "(halted layers run on fewer tokens); read handle.trace, or restore the model first")
 
 
+def check_compiled_call(args, kwargs: dict, cache_kw: str) -> None:
+    """A call traced by torch.compile runs no hook work of dashvl's, so it must be one whose stock computation
+    is exact: a decode step on a StaticCache (``engine.static_cache``), as transformers' compiled decode is."""
+    from .static_cache import is_static
+    shaped = kwargs.get("input_ids", args[0] if args else None)
+    if shaped is None:
+        shaped = kwargs.get("inputs_embeds")
+    cache = kwargs.get(cache_kw, kwargs.get("past_key_values"))
+    if shaped is None or shaped.shape[1] != 1 or not is_static(cache):
+        raise RuntimeError("under torch.compile dashvl runs only decode steps on a StaticCache (what "
+                           "generate(..., cache_implementation='static') compiles); prompts and dynamic-cache "
+                           "steps run uncompiled. Compile a restored model for anything else")
+
+
 def check_cache(cache, first_halted: int) -> None:
     """The cache a call brought, before anything is read from it."""
     if not isinstance(cache, DynamicCache) or \
             any(type(c) not in _DYNAMIC_CACHE_LAYERS for c in cache.layers[first_halted:]):
-        raise ValueError(f"{type(cache).__name__} is not supported: dashvl needs a DynamicCache "
-                         "(halted layers keep shorter caches); static and quantized caches are not")
+        raise ValueError(f"{type(cache).__name__} is not supported by dashvl: use a DynamicCache or a StaticCache "
+                         "(cache_implementation=None, 'offloaded' or 'static'); quantized caches are not")
 
 
 def check_cache_origin(cache, layout, first_halted: int, batch: int) -> None:

@@ -19,11 +19,16 @@ Flow of one model call (a prefill, a second-turn prompt or a decode step):
    first), builds one mask, calls the layers, and scatters the active tokens back over the frozen states.
    On a CUDA device a fresh prefill with few active slots replays the layers as one CUDA graph instead
    (``graphs``).
-5. stack and model post-hooks (``on_call_end``, also on errors): the layer list and the attention's hooks as
-   they were.
+5. stack and model post-hooks (``on_stack_end``; ``on_model_end``, also on errors): the layer list and the
+   attention's hooks as they were.
 
 So the halted layers carry no hook of dashvl's, a decode step costs the stock per-layer Python plus two
 hooks on the model and two on the stack, and at ratio 0 nothing above l_s is touched.
+
+A StaticCache (``static_cache``): a prompt that halts runs the region on a private DynamicCache, then stores it
+into the static layers by position; decode steps are the stock ones (kv="drop": one mask op per step, from
+``HoleMasks``, the only hooks dashvl puts on decoder layers, on from a kv="drop" model's first static prompt until
+``restore``). Under torch.compile (transformers' compiled static decode step) every hook returns at once.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from transformers.cache_utils import DynamicCache
 
 from .. import policy
 from ..methods import ScoreContext
-from . import checks, graphs, region
+from . import checks, graphs, region, static_cache
 from .plan import CallPlan, plan_call
 from .record import TraceParts
 
@@ -85,6 +90,12 @@ class CallFlow:
         self._owner_lock = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
+        self._in_model = False  # this call went through the model's pre-hook (not the stack's alone)
+        # kv="drop" on a StaticCache: the halted layers' masks leave the halted slots out (installed on first use)
+        self.hole_masks = self.compiled_decode = None
+        if self.kv_mode == "drop":
+            self.hole_masks = static_cache.HoleMasks(self.halted_layers, self.cache_kw)
+            self.compiled_decode = static_cache.CompiledDecode(model, ("drop", self.first_halted, self.cache_kw))
 
     @property
     def backend(self) -> str:
@@ -114,8 +125,10 @@ class CallFlow:
 
     # ----------------------------------------------------------------- hooks
 
-    def _enter(self) -> None:
-        """This thread's call begins (model or stack pre-hook); RuntimeError while another thread's is running."""
+    def _enter(self, model_call: bool) -> None:
+        """This thread's call begins (the model's pre-hook, or the stack's); RuntimeError while another
+        thread's is running. A call of this thread still on the books here is one that raised where no
+        post-hook runs (the stack's post-hook is a plain one, see ``on_stack_end``): it is cleared first."""
         me = threading.get_ident()
         with self._owner_lock:
             if self._owner not in (None, me):
@@ -123,21 +136,21 @@ class CallFlow:
                                    "call's halting state on the model, so one compressed model serves one call at "
                                    "a time. Serialise the calls (a lock around generate), or give each thread its "
                                    "own model")
+            if self._owner == me and (model_call or not self._in_model):
+                self._clear_call()
             self._owner = me
             self._depth += 1
+            self._in_model = self._in_model or model_call
 
-    def _leave(self) -> bool:
-        """This thread's call ends (a post-hook); False when the call was another thread's refused one."""
-        with self._owner_lock:
-            if self._owner != threading.get_ident():
-                return False
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-            return True
+    def _clear_call(self) -> None:
+        self.restore_layers()
+        self.plan = None
+        self._depth, self._in_model = 0, False
 
     def on_call(self, module, args, kwargs):
-        self._enter()
+        if torch.compiler.is_compiling():  # transformers' compiled decode step: stock, on a static cache
+            return checks.check_compiled_call(args, kwargs, self.cache_kw)
+        self._enter(model_call=True)
         checks.check_call(self.model, kwargs)
         checks.check_backend(self.backend, self.kv_mode)
         checks.check_generation(self.model)
@@ -145,7 +158,9 @@ class CallFlow:
 
     def on_decoder_stack(self, module, args, kwargs):
         """The decoder stack starts: use the call the model planned, or plan one (the stack called directly)."""
-        self._enter()
+        if torch.compiler.is_compiling():
+            return checks.check_compiled_call(args, kwargs, self.cache_kw)
+        self._enter(model_call=False)
         plan = self.plan
         if plan is None or plan.started:
             plan = self.plan = self._new_plan(args, kwargs, {})
@@ -162,13 +177,32 @@ class CallFlow:
             width = self._graph_width(plan, kwargs)
             if width is not None:
                 plan.use_graph(width)
-            self.stack.layers = self.short_layers  # restored by on_call_end
+            self.stack.layers = self.short_layers  # restored by on_stack_end / on_model_end
 
-    def on_call_end(self, module, args, output):
-        if not self._leave():
-            return  # another thread's call, refused in its pre-hook: the running call's state stays
-        self.restore_layers()
-        self.plan = None
+    def on_model_end(self, module, args, output):
+        """The model's post-hook, registered always-call: also after an error, this thread's call is over."""
+        if torch.compiler.is_compiling():
+            return
+        with self._owner_lock:
+            if self._owner != threading.get_ident():
+                return  # another thread's call, refused in its pre-hook: the running call's state stays
+            self._clear_call()
+            self._owner = None
+
+    def on_stack_end(self, module, args, output):
+        """The stack's post-hook. A plain one (not always-call): torch.compile guards on the ids of always-call
+        hooks, so each new handle would recompile the static cache's decode step. After an error inside a
+        model call the model's post-hook clears the call; after one in a direct stack call, the next call does."""
+        if torch.compiler.is_compiling():
+            return
+        with self._owner_lock:
+            if self._owner != threading.get_ident():
+                return
+            self.restore_layers()
+            self.plan = None
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner, self._in_model = None, False
 
     def _note_cache(self, plan: CallPlan, args, kwargs) -> None:
         """The stack's inputs match the plan; its cache is one dashvl can serve; what the cache holds."""
@@ -181,6 +215,8 @@ class CallFlow:
                                f"{plan.batch}x{plan.length} ids; dashvl needs prompts whose visual tokens the "
                                "processor already expanded")
         cache = kwargs.get(self.cache_kw, kwargs.get("past_key_values"))
+        if cache is not None and static_cache.is_static(cache):
+            return self._note_static_cache(plan, cache)
         past = 0
         if cache is not None:  # None: the stack makes a fresh one (the runner meets it)
             checks.check_cache(cache, self.first_halted)
@@ -192,6 +228,25 @@ class CallFlow:
                 checks.check_cache_origin(cache, plan.layout, self.first_halted, B)
         checks.check_window(self.window, past + T)
         plan.cache, plan.past_length = cache, past
+
+    def _note_static_cache(self, plan: CallPlan, cache) -> None:
+        """A StaticCache: decode steps are the stock ones (nothing to note: reading its length would sync);
+        a prompt must start it, and one that halts runs the halted region on a private DynamicCache, which
+        ``static_cache.store`` then writes into the static layers (``run_region``)."""
+        static_cache.check_static(cache, self.first_halted, self.backend)
+        plan.cache = cache
+        if plan.length == 1:
+            return
+        if cache.get_seq_length() > 0:
+            raise ValueError("a prompt on a StaticCache that already holds tokens is not supported by dashvl: it "
+                             "serves a static cache from empty (one prompt, then decode steps); for a later "
+                             "turn on the same cache use the dynamic cache (cache_implementation=None)")
+        static_cache.set_holes(cache, None)
+        if self.hole_masks is not None:  # on from the first static prompt: a compiled step must have traced them
+            self.hole_masks.install()
+        checks.check_window(self.window, static_cache.max_length(cache))
+        if plan.num_halted is not None:
+            plan.static, plan.cache = cache, DynamicCache()
 
     def on_history_attention(self, module, args, output):
         """A layer below l_s, during a prompt (``Method.needs_history``): add its scaled Δ to the sum."""
@@ -228,8 +283,16 @@ class CallFlow:
         plan = self.plan
         if plan.cache is None:  # the stack made the call's cache itself: a fresh one
             plan.cache = kwargs.get(self.cache_kw, kwargs.get("past_key_values"))
+        if plan.static is not None:  # the halted layers fill a private cache, stored by position afterwards
+            kwargs[self.cache_kw] = plan.cache
+            hidden = self._run_graph(plan, hidden, kwargs) if plan.graph else self._run_layers(plan, hidden, kwargs)
+            self._store_static(plan)
+            return hidden
         if plan.graph:
             return self._run_graph(plan, hidden, kwargs)
+        return self._run_layers(plan, hidden, kwargs)
+
+    def _run_layers(self, plan: CallPlan, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         layout = plan.layout
         if plan.length == 1 and layout is not None:  # a decode step: only what changes per step
             layout.append(plan.past_length)
@@ -250,6 +313,12 @@ class CallFlow:
                 frozen_keys.write(decoder_layer, layer_index)
             hidden = decoder_layer(hidden, **kwargs)
         return inputs.scatter(hidden) if plan.active is not None else hidden
+
+    def _store_static(self, plan: CallPlan) -> None:
+        layout = self.layouts.pop(plan.cache)
+        holes = static_cache.store(plan.cache, plan.static, self.first_halted, layout.key_pos, plan.length,
+                                   self.kv_mode == "drop")
+        static_cache.set_holes(plan.static, holes)
 
     def _enter_region(self, plan: CallPlan, hidden, kwargs) -> region.RegionInputs | None:
         plan.region = region.enter(plan, hidden, kwargs.get("position_embeddings"), self.layouts, self.backend,

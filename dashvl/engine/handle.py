@@ -49,15 +49,17 @@ class DashHandle:
         try:
             self._hooks += [
                 m.register_forward_pre_hook(flow.on_call, with_kwargs=True),
-                m.register_forward_hook(flow.on_call_end, always_call=True),
+                m.register_forward_hook(flow.on_model_end, always_call=True),
                 flow.stack.register_forward_pre_hook(flow.on_decoder_stack, with_kwargs=True),
-                flow.stack.register_forward_hook(flow.on_call_end, always_call=True),
+                flow.stack.register_forward_hook(flow.on_stack_end),
             ]
             # no hook on any decoder layer (hooks and their Python cost host time on every decode step): the
             # activation layer's attention is hooked per prompt, and the layers above l_s run in a runner
             # swapped in for the call; at ratio 0 nothing halts, so nothing above l_s is touched
             if self.config.ratio > 0:
                 flow.install_runner(self.config.cuda_graph)
+                if flow.compiled_decode is not None:
+                    flow.compiled_decode.install()
             if self._vision is not None:
                 self._hooks += self._vision.install()
         except BaseException:
@@ -69,6 +71,9 @@ class DashHandle:
         while self._hooks:
             self._hooks.pop().remove()
         self._flow.restore_layers()
+        if self._flow.hole_masks is not None:
+            self._flow.hole_masks.remove()
+            self._flow.compiled_decode.remove()
         self._flow.graphs = None
         self._flow.plan = None
         handles.forget(self)

@@ -7,6 +7,7 @@ import torch
 from .. import policy
 from .frozen_keys import FrozenKeys
 from .graphs import bucket_width
+from .static_cache import is_static
 
 __all__ = ["CallPlan", "plan_call", "real_tokens"]
 
@@ -32,6 +33,8 @@ class CallPlan:
         cache, past_length: the call's cache and how many tokens it held before the call (noted as the decoder
             stack starts; a cache the stack makes itself is noted by the runner).
         layout: the ``CacheLayout`` of that cache's halted layers, when earlier calls halted tokens in it.
+        static: the call's StaticCache when its prompt halts tokens (``cache`` is then the private DynamicCache
+            the halted layers fill, ``static_cache.store``d into it by position); else None.
         scores: float32 [B, T], the method's scores at l_s. active: bool [B, T], the tokens that go on.
         index, valid: long / bool [B, A], the gather indices of the active tokens and which slots are real.
         region: the halted region's inputs (``region.RegionInputs``), once entered.
@@ -51,6 +54,7 @@ class CallPlan:
         self.cache = None
         self.past_length = 0
         self.layout = None
+        self.static = None
         self.scores = None
         self.active = None
         self.index = self.valid = None
@@ -81,6 +85,27 @@ def real_tokens(mask, B: int, T: int, device) -> torch.Tensor:
     return mask[:, -T:].bool() if mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
 
 
+def _static_prompt(kwargs) -> bool:
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return cache is not None and is_static(cache)
+
+
+def _padding_of(mask, B: int, T: int):
+    """The 2-D mask [B, T] (1 = token) of a prompt on an empty static cache, from the 4-D mask [B, 1, T, S]
+    (bool, or additive with 0 = allowed; a dict of them per layer type) that generate prepares for it: a token
+    sees itself unless it is padding, so the diagonal is the padding mask. None stays None (no padding)."""
+    if isinstance(mask, dict):
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    if mask is None or mask.dim() == 2:
+        return mask
+    if mask.dim() != 4 or mask.shape[-2] != T or mask.shape[-1] < T:
+        raise ValueError(f"dashvl needs a 2-D attention_mask [batch, length], or generate's 4-D mask for a static "
+                         f"cache [batch, 1, length, cache length]; got shape {tuple(mask.shape)}")
+    t = torch.arange(T, device=mask.device)
+    diag = mask[:, 0, t, t]
+    return (diag if diag.dtype == torch.bool else diag == 0).long().expand(B, T)
+
+
 def plan_call(config, args, kwargs, grid_inputs: dict, kinds_of, halted_kv=None) -> CallPlan | None:
     """The plan of a call to the model (or to its decoder stack) with these arguments; None without tokens.
 
@@ -96,13 +121,16 @@ def plan_call(config, args, kwargs, grid_inputs: dict, kinds_of, halted_kv=None)
         return None
     B, T = shaped.shape[:2]
     mask = kwargs.get("attention_mask")
-    if isinstance(mask, dict):  # generate() may hand the language model its prepared masks
+    if T > 1 and _static_prompt(kwargs):  # generate() prepared a 4-D mask for the static cache
+        mask = _padding_of(mask, B, T)
+    elif isinstance(mask, dict):  # generate() may hand the language model its prepared masks
         mask = None
+    if T == 1:  # a decode step: nothing halts and nothing is traced, so no per-token bookkeeping (the halted
+        # layers' masks are the runner's, or, on a static cache, the stock 4-D one generate prepares)
+        return CallPlan(B, T, None, None, mask if mask is None or mask.dim() == 2 else None, grid_inputs)
     if mask is not None and mask.dim() != 2:
         raise ValueError(f"dashvl needs a 2-D attention_mask [batch, length] (1 = token, 0 = padding); "
                          f"got shape {tuple(mask.shape)}")
-    if T == 1:  # a decode step: nothing halts and nothing is traced, so no per-token bookkeeping
-        return CallPlan(B, T, None, None, mask, grid_inputs)
     real = real_tokens(mask, B, T, shaped.device)
     if config.ratio == 0:  # nothing halts: token kinds are only for the trace, worked out if it is read
         return CallPlan(B, T, real, None, mask, grid_inputs, token_ids=ids)

@@ -1,0 +1,147 @@
+"""generate(..., cache_implementation="static") on a compressed model (issue 21): the halted prefill is stored
+into the static cache by position, so decode steps are transformers' own (compiled where it compiles them);
+kv="drop" leaves the halted slots out of the halted layers' masks (``engine.static_cache``)."""
+import pytest
+import torch
+from transformers import CompileConfig
+
+import dashvl
+from bench.decode_ops import decode_step_counts, host_reads
+from dashvl.engine import static_cache
+from dashvl.tiny import tiny_decoder
+from tests.helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, \
+    visual_kinds
+
+STATIC = dict(cache_implementation="static")
+
+
+def _reference(model, inputs, kv, ratio=0.5, layer=1):
+    ref = Reference(model, layer, kv)
+    halted = reference_halted(ref.scores(inputs), inputs["attention_mask"].bool(),
+                              visual_kinds(model, inputs["input_ids"]), ratio)
+    return ref.greedy(inputs, halted)
+
+
+@pytest.mark.parametrize("family,attn,batch", [("qwen2_vl", "sdpa", 3), ("llava", "sdpa", 3), ("llama", "sdpa", 3),
+                                               ("llama", "eager", 3), ("qwen2_vl", "eager", 1)])
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_static_cache_generation_equals_the_slow_reference(family, attn, batch, kv):
+    model, _ = build(family, attn)
+    inputs = make_inputs(family, batch)
+    tokens, logits = _reference(model, inputs, kv)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as handle:
+        out = generate(model, inputs, **STATIC)
+        assert handle.trace.halted.any()
+    assert_same_generation(out, inputs, tokens, logits)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
+def test_ratio_zero_on_a_static_cache_is_bitwise_unmodified(family):
+    model, _ = build(family)
+    inputs = make_inputs(family, 3)
+    want = generate(model, inputs, **STATIC)
+    with dashvl.compress(model, method="dash", ratio=0, layer=1):
+        got = generate(model, inputs, **STATIC)
+    assert torch.equal(got.sequences, want.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits))
+
+
+def test_drop_needs_its_holes_masked(monkeypatch):
+    """Without leaving the halted slots out of the decode mask, kv="drop" on a static cache is wrong: the
+    equality above depends on ``HoleMasks``."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    tokens, logits = _reference(model, inputs, "drop")
+    monkeypatch.setattr(static_cache, "with_holes", lambda mask, holes, position_ids: mask)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop"):
+        out = generate(model, inputs, **STATIC)
+    with pytest.raises(AssertionError):
+        assert_same_generation(out, inputs, tokens, logits)
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_beam_search_on_a_static_cache_equals_the_dynamic_cache(kv):
+    """method="random" halts different tokens in each beam of one prompt, so the holes must follow the beams'
+    reordering (the static cache's reorder_cache reorders them too)."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 2)
+    kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False, length_penalty=0.0,
+              return_dict_in_generate=True, output_scores=True)
+    with dashvl.compress(model, method="random", ratio=0.5, layer=1, kv=kv), torch.no_grad():
+        dynamic = model.generate(**inputs, **kw)
+        static = model.generate(**inputs, **kw, **STATIC)
+    assert torch.equal(static.sequences, dynamic.sequences)
+    torch.testing.assert_close(static.sequences_scores, dynamic.sequences_scores, atol=1e-4, rtol=0)
+
+
+def _compile_config():
+    config = CompileConfig(fullgraph=True)  # dashvl's hooks trace without a graph break
+    config._compile_all_devices = True  # transformers compiles the static decode step on the CPU too
+    return config
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_the_compiled_decode_step_equals_the_eager_one_before_and_after_compress(kv):
+    """generate() compiles the decode step of a static cache. torch.compile does not guard on hooks, so the
+    step compiled for the unmodified model must not be replayed for a kv="drop" one (it would leave the holes
+    in), nor the compressed one after restore."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    config = _compile_config()
+    unmodified = generate(model, inputs, **STATIC)
+    assert torch.equal(generate(model, inputs, **STATIC, compile_config=config).sequences, unmodified.sequences)
+    for _ in range(2):  # a second handle with the same setting reuses the first one's compiled step
+        with dashvl.compress(model, method="random", ratio=0.5, layer=1, kv=kv):
+            eager = generate(model, inputs, **STATIC)
+            compiled = generate(model, inputs, **STATIC, compile_config=config)
+            assert isinstance(model.get_compiled_call, static_cache.CompiledDecode) == (kv == "drop")
+        assert torch.equal(compiled.sequences, eager.sequences)
+        for a, b in zip(compiled.logits, eager.logits):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    again = generate(model, inputs, **STATIC, compile_config=config)
+    assert torch.equal(again.sequences, unmodified.sequences)
+    assert "get_compiled_call" not in model.__dict__
+
+
+@pytest.mark.parametrize("kv,extra", [("keep", 0), ("drop", 1)])
+def test_a_static_decode_step_adds_at_most_the_holes_op(kv, extra):
+    """kv="keep": not one op more than the unmodified static step; kv="drop": one (the mask without the
+    holes, shared by every halted layer); no host read either way."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    base, got = decode_step_counts(model, inputs, [None, dict(ratio=0.5, layer=1, kv=kv)], **STATIC)
+    ops = lambda c: sum(c.values()) - c["tolist"]  # noqa: E731
+    assert ops(got) - ops(base) == extra + 2 * extra, got - base  # the op and its two unsqueezes
+    assert host_reads(got) <= host_reads(base)
+
+
+def test_hole_masks_stay_from_the_first_static_prompt_until_restore():
+    model, _ = build("llama")
+    layers = model.model.layers
+    hooks = lambda: sum(len(m._forward_pre_hooks) for m in layers)  # noqa: E731
+    before = hooks()
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop"):
+        generate(model, make_inputs("llama", 1))
+        assert hooks() == before  # dynamic caches only: no hook on a decoder layer
+        generate(model, make_inputs("llama", 1), **STATIC)
+        assert hooks() == before + len(layers) - 2  # one on each halted layer
+        generate(model, make_inputs("llama", 1))
+        assert hooks() == before + len(layers) - 2
+    assert hooks() == before
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="keep"):
+        generate(model, make_inputs("llama", 1), **STATIC)
+        assert hooks() == before  # kv="keep" decodes the stock way
+
+
+def test_a_new_handle_reuses_the_compiled_decode_step(monkeypatch):
+    """Handles of one setting share the kv="drop" compiled step: no recompilation per compress."""
+    import torch._dynamo.utils as dynamo_utils
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 3)
+    config = _compile_config()
+    counts = []
+    for _ in range(3):
+        with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop"):
+            generate(model, inputs, **STATIC, compile_config=config)
+        counts.append(dynamo_utils.counters["stats"]["unique_graphs"])
+    assert counts[1] == counts[2] == counts[0], counts
