@@ -45,6 +45,8 @@ class ScoreContext:
             ``window_queries_and_keys``).
         history: float32 [B, T], when the method sets ``needs_history``: the mean over layers 0..l_s of
             each layer's Δ divided by its median over the row's real tokens (``policy.scaled_delta``); else None.
+        sliding_window: the activation layer's sliding window (its queries see keys less than that many
+            positions back), or None for full attention: attention-based scores see what the layer sees.
     """
 
     attention: torch.nn.Module
@@ -56,6 +58,7 @@ class ScoreContext:
     seed: int
     adapter: object
     history: torch.Tensor | None = None
+    sliding_window: int | None = None
 
 
 class Method:
@@ -123,6 +126,8 @@ class FastV(Method):
         last = torch.where(ctx.real, positions, -1).max(1).values  # the last real token of each row
         query, keys = ctx.adapter.last_query_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, last)
         key_ok = ctx.real & (positions[None, :] <= last[:, None])
+        if ctx.sliding_window is not None:
+            key_ok &= positions[None, :] > last[:, None] - ctx.sliding_window
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
         return policy.fastv_scores(query, keys, key_ok, scaling)
 
@@ -144,7 +149,7 @@ class SnapKV(Method):
         query_pos = (last[:, None] - w + 1 + torch.arange(w, device=last.device)).clamp(min=0)   # [B, w]
         queries, keys = ctx.adapter.window_queries_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, query_pos)
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
-        scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel)
+        scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel, ctx.sliding_window)
         return scores.masked_fill(positions[None, :] > (last[:, None] - w), policy.KEEP)
 
 

@@ -114,14 +114,15 @@ def fastv_scores(query: torch.Tensor, keys: torch.Tensor, key_ok: torch.Tensor, 
 
 
 def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, real: torch.Tensor,
-                  scaling: float, kernel: int) -> torch.Tensor:
+                  scaling: float, kernel: int, sliding_window: int | None = None) -> torch.Tensor:
     """SnapKV's rank: the attention a window of queries pays each key, summed over the window, averaged over
     heads, then average-pooled along the sequence (``kernel``, odd) so that neighbours of attended tokens rank
     high too. One [B, H, w, T] block in float32, never T x T.
 
     Args:
         queries: [B, H, w, hd] at positions ``query_pos`` (long [B, w]); keys: [B, KV, T, hd] (RoPE applied).
-        real: bool [B, T]; a query attends to the real keys at or before its position.
+        real: bool [B, T]; a query attends to the real keys at or before its position (and, with a
+            ``sliding_window``, less than that many positions back).
     Returns:
         float32 [B, T].
     """
@@ -132,6 +133,8 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
     logits = (queries.float() @ keys.float().transpose(-1, -2)) * scaling                  # [B, H, w, T]
     pos = torch.arange(T, device=keys.device)
     allowed = real[:, None, None, :] & (pos[None, None, None, :] <= query_pos[:, None, :, None])
+    if sliding_window is not None:
+        allowed &= pos[None, None, None, :] > query_pos[:, None, :, None] - sliding_window
     weights = logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)      # [B, H, w, T]
     query_ok = real.gather(1, query_pos)  # a row shorter than the window: its padding asks nothing
     votes = (weights * query_ok[:, None, :, None]).sum(2).mean(1)                             # [B, T]

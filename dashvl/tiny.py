@@ -150,16 +150,23 @@ def tiny_llava(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: 
 
 def tiny_decoder(model_type: str = "llama", attn: str = "sdpa", num_layers: int = 4, hidden: int = 64,
                  seed: int = 0, init_std: float = 0.2):
-    """A tiny text-only decoder (``llama``, ``qwen2`` or ``mistral``) and a tokenizer."""
+    """A tiny text-only decoder (``llama``, ``qwen2``, ``mistral`` or ``gemma3_text``) and a tokenizer.
+    ``gemma3_text`` gets Gemma 3's layout at a small scale: sliding-window layers (window 8 tokens, so that the
+    test prompts run past it) with every third layer global, each kind with its own rotary embedding."""
     from transformers import AutoModelForCausalLM
     from transformers.models.auto import CONFIG_MAPPING
 
     tok = train_tokenizer("llava")
+    extra = {"sliding_window": None} if model_type == "mistral" else {}
+    if model_type == "gemma3_text":
+        extra = dict(head_dim=hidden // 4, query_pre_attn_scalar=hidden // 4, sliding_window=8,
+                     layer_types=["full_attention" if (i + 1) % 3 == 0 else "sliding_attention"
+                                  for i in range(num_layers)])
     config = CONFIG_MAPPING[model_type](
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False, **({"sliding_window": None} if model_type == "mistral" else {}))
+        tie_word_embeddings=False, **extra)
     config._attn_implementation = attn
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval(), tok

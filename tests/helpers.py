@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from dashvl.adapters import adapter_for
 from dashvl.tiny import sample_image, tiny_decoder, tiny_llava, tiny_qwen2_vl
 
 BACKBONES = ("qwen2_vl", "llava", "llama")  # model families (synthvqa.suite.FAMILIES are question families)
@@ -26,13 +27,18 @@ def _build(family: str, attn: str):
         model, proc = tiny_llava(attn=attn, vision_layers=3)
     elif family.startswith("llava"):  # llava, llava-mistral, llava-qwen2
         model, proc = tiny_llava(attn=attn, text_model=family.partition("-")[2] or "llama")
-    else:
+    elif family == "mistral-window":  # every layer slides, window 8: the test prompts run past it
+        model, proc = tiny_decoder("mistral", attn=attn)
+        model.config.sliding_window = 8
+    else:  # llama, qwen2, mistral, gemma3_text (window 8, every third layer global)
         model, proc = tiny_decoder(family, attn=attn)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = model.config.get_text_config().pad_token_id
     return model, proc
 
 
+TEXT_FAMILIES = ("llama", "qwen2", "mistral", "mistral-window", "gemma3_text")
+WINDOWED = ("mistral-window", "gemma3_text")  # sliding window of 8 tokens: prompts are made longer than it
 PROMPTS = ["what colour is the square?", "how many shapes are there in this picture on the left of the tree?",
            "read the sign"]
 
@@ -44,8 +50,8 @@ def make_inputs(family: str, batch: int = 1, images: int = 1):
     texts, pics = [], []
     for b in range(batch):
         words = PROMPTS[b % len(PROMPTS)]
-        if family in ("llama", "qwen2", "mistral"):
-            texts.append(words + " " + " ".join(["describe the image"] * b))
+        if family in TEXT_FAMILIES:
+            texts.append(words + " " + " ".join(["describe the image"] * (b + 3 * (family in WINDOWED))))
             continue
         content = []
         for i in range(images):
@@ -53,7 +59,7 @@ def make_inputs(family: str, batch: int = 1, images: int = 1):
             pics.append(sample_image(width=56 + 28 * ((b + i) % 3), height=56 + 28 * ((b + 2 * i) % 2), seed=b * 7 + i))
         content.append({"type": "text", "text": words})
         texts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
-    if family in ("llama", "qwen2", "mistral"):
+    if family in TEXT_FAMILIES:
         return dict(proc(texts, return_tensors="pt", padding=True))
     return dict(proc(text=texts, images=pics, return_tensors="pt", padding=True))
 
@@ -110,16 +116,23 @@ class Reference:
         causal = torch.ones(S, S, dtype=torch.bool).tril()
         allowed = key_ok[:, None, :] & causal[None]
         allowed |= torch.eye(S, dtype=torch.bool)[None]  # halted rows: self only, never an empty row
-        mask = torch.zeros(B, 1, S, S).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+        # sliding-window layers: a query sees keys less than `window` positions back (transformers' overlay)
+        pos = torch.arange(S)
+        windows = adapter_for(self.model).layer_windows(self.model)
+        masks = {}
+        for w in set(windows[self.layer + 1:]):
+            ok = allowed if w is None else allowed & ((pos[:, None] - pos[None, :]) < w)[None] | \
+                torch.eye(S, dtype=torch.bool)[None]
+            masks[w] = torch.zeros(B, 1, S, S).masked_fill(~ok[:, None], torch.finfo(torch.float32).min)
         frozen = {}
 
         def freeze(module, args, output):
             frozen["h"] = output
 
         hooks = [self.layers[self.layer].register_forward_hook(freeze)]
-        for layer in self.layers[self.layer + 1:]:
+        for layer, w in zip(self.layers[self.layer + 1:], windows[self.layer + 1:]):
             hooks.append(layer.register_forward_pre_hook(
-                lambda m, a, k: (a, {**k, "attention_mask": mask}), with_kwargs=True))
+                lambda m, a, k, mask=masks[w]: (a, {**k, "attention_mask": mask}), with_kwargs=True))
             hooks.append(layer.register_forward_hook(
                 lambda m, a, o: torch.where(halted[..., None], frozen["h"], o)))
         try:

@@ -5,13 +5,14 @@ from torch import nn
 
 from .base import SUPPORTED_ATTENTION, Adapter
 from .decoder import DecoderAdapter
+from .gemma3 import Gemma3TextAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
 __all__ = ["Adapter", "adapter_for", "SUPPORTED_MODEL_TYPES", "SUPPORTED_ATTENTION"]
 
 _ADAPTERS: dict[str, Adapter] = {}
-for _adapter in (Qwen2VLAdapter(), LlavaAdapter(), DecoderAdapter()):
+for _adapter in (Qwen2VLAdapter(), LlavaAdapter(), DecoderAdapter(), Gemma3TextAdapter()):
     for _model_type in _adapter.model_types:
         _ADAPTERS[_model_type] = _adapter
 

@@ -72,6 +72,25 @@ class Adapter:
             return getattr(cfg, "sliding_window", None) or 0
         return getattr(cfg, "sliding_window", None)
 
+    def layer_windows(self, model: nn.Module) -> list[int | None]:
+        """Per decoder layer, the sliding window of its attention (a query sees keys less than that many positions
+        back), or None for full attention."""
+        cfg = self.text_config(model)
+        window = getattr(cfg, "sliding_window", None)
+        types = getattr(cfg, "layer_types", None)
+        if types:
+            return [window if t == "sliding_attention" else None for t in types]
+        return [window] * cfg.num_hidden_layers
+
+    def rope_kinds(self, model: nn.Module) -> list[str | None]:
+        """Per decoder layer, which rotary embedding it uses, when layers differ (Gemma 3: local and global
+        ones); None for every layer when all share the call's ``position_embeddings``."""
+        return [None] * self.text_config(model).num_hidden_layers
+
+    def rotary_embeddings(self, model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict:
+        """{rope kind: (cos, sin)} at ``position_ids`` for the kinds ``rope_kinds`` names (not None)."""
+        raise NotImplementedError(f"{type(self).__name__} uses one rotary embedding for every layer")
+
     def last_query_and_keys(self, attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                             last: torch.Tensor):
         """The attention inputs FastV needs: the query of one token per row (``last``, long [B]) and every
@@ -92,8 +111,8 @@ class Adapter:
         w = positions.shape[1]
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         h_q = hidden.gather(1, positions[..., None].expand(B, w, d))
-        q = attn.q_proj(h_q).view(B, w, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(hidden).view(B, T, -1, attn.head_dim).transpose(1, 2)
+        q = _normed(attn, "q_norm", attn.q_proj(h_q).view(B, w, -1, attn.head_dim).transpose(1, 2))
+        k = _normed(attn, "k_norm", attn.k_proj(hidden).view(B, T, -1, attn.head_dim).transpose(1, 2))
         cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
         pick = positions[..., None].expand(B, w, cos.shape[-1])
         q, _ = rope(q, q, cos.gather(1, pick), sin.gather(1, pick))
@@ -114,9 +133,16 @@ class Adapter:
         hidden, cos, sin = hidden.to(device), cos.to(device), sin.to(device)
         x = decoder_layer.input_layernorm(hidden)
         B, H, _ = x.shape
-        k = attn.k_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
+        k = _normed(attn, "k_norm", attn.k_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2))
         v = attn.v_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
         # The family's own rotary function, from the module that defines its attention.
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         k, _ = rope(k, k, cos, sin)
         return k, v
+
+
+def _normed(attn: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Queries / keys [B, heads, n, head_dim] through the attention's per-head norm where it has one (Gemma 3,
+    Qwen3: ``q_norm`` / ``k_norm``, applied before RoPE as their attention does)."""
+    norm = getattr(attn, name, None)
+    return norm(x) if norm is not None else x

@@ -76,6 +76,9 @@ def check_cache_origin(cache, layout, first_halted: int, batch: int) -> None:
 
 
 def check_window(window: int | None, length: int) -> None:
+    """Flash attention only: its kernel slides the window over slots, which after gathering are not positions
+    (SDPA and eager get masks by position instead)."""
     if window is not None and length > window:
-        raise ValueError(f"this model uses sliding-window attention (window {window}); dashvl is exact "
-                         f"only for sequences within the window, and this one has {length} tokens")
+        raise ValueError(f"this model uses sliding-window attention (window {window}); with flash attention "
+                         f"dashvl is exact only for sequences within the window, and this one has {length} tokens; "
+                         "use attn_implementation='sdpa' or 'eager', which dashvl serves at any length")

@@ -42,7 +42,7 @@ from transformers.cache_utils import DynamicCache
 
 from .. import policy
 from ..methods import ScoreContext
-from . import checks, graphs, region, static_cache
+from . import checks, graphs, region, static_cache, windows
 from .plan import CallPlan, plan_call
 from .record import TraceParts
 
@@ -72,6 +72,9 @@ class CallFlow:
         params = inspect.signature(decoder_layers[0].forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.window = handle.adapter.sliding_window(model)
+        # halted layers of several kinds (sliding windows, per-kind rotary embeddings), or None: all alike
+        self.kinds = windows.RegionKinds.of(handle.adapter, model, self.first_halted)
+        self.activation_window = handle.adapter.layer_windows(model)[handle.layer]
         self.kv_mode = handle.config.kv
         self.halted_kv = handle.adapter.halted_kv if self.kv_mode == "keep" else None  # what FrozenKeys calls
         self.token_kinds = handle.token_kinds
@@ -106,6 +109,12 @@ class CallFlow:
         first, decoder_layers = self.first_halted, self.decoder_layers
         runner = region.HaltedRunner(self.run_region, getattr(decoder_layers[first], "attention_type", None))
         self.short_layers = nn.ModuleList(list(decoder_layers[:first]) + [runner])
+        if self.kinds is not None:  # one captured graph takes one mask and one cos/sin for all its layers
+            if cuda_graph:
+                raise ValueError("cuda_graph=True is not available for this model: its layers above the activation "
+                                 "layer are of several kinds (sliding-window or per-kind rotary embeddings), which "
+                                 "the graph path does not serve; use cuda_graph=None or False")
+            return
         if cuda_graph is not False:
             self.graphs = graphs.bank_for(decoder_layers, first, self.cache_kw, self.adapter.halted_kv)
             self._graph_devices = {p.device for p in decoder_layers[first:].parameters()}
@@ -226,7 +235,8 @@ class CallFlow:
             else:
                 plan.layout = self.layouts.get(cache)
                 checks.check_cache_origin(cache, plan.layout, self.first_halted, B)
-        checks.check_window(self.window, past + T)
+        if self.backend.startswith("flash"):  # the kernel slides its window over slots, not positions
+            checks.check_window(self.window, past + T)
         plan.cache, plan.past_length = cache, past
 
     def _note_static_cache(self, plan: CallPlan, cache) -> None:
@@ -244,7 +254,6 @@ class CallFlow:
         static_cache.set_holes(cache, None)
         if self.hole_masks is not None:  # on from the first static prompt: a compiled step must have traced them
             self.hole_masks.install()
-        checks.check_window(self.window, static_cache.max_length(cache))
         if plan.num_halted is not None:
             plan.static, plan.cache = cache, DynamicCache()
 
@@ -269,7 +278,8 @@ class CallFlow:
             if self._history_sum is not None:
                 history = (history + self._history_sum) / (len(self._history_attentions) + 1)
         plan.select(self.method.score(ScoreContext(module, update, hidden, cos, sin, plan.real,
-                                                   self.config.seed, self.adapter, history)))
+                                                   self.config.seed, self.adapter, history,
+                                                   self.activation_window)))
         self.prefills += 1
         active = plan.active if plan.active is not None else plan.real
         self.trace_parts = TraceParts(plan.scores, active, plan.kinds, plan.token_ids, plan.grid_inputs,
@@ -296,23 +306,51 @@ class CallFlow:
         layout = plan.layout
         if plan.length == 1 and layout is not None:  # a decode step: only what changes per step
             layout.append(plan.past_length)
+            if self.kinds is not None:
+                return self._decode_kinds(plan, hidden, kwargs)
             kwargs["attention_mask"] = region.step_mask(layout, self.backend, hidden.dtype)
             kwargs["position_ids"] = None
             for decoder_layer in self.halted_layers:
                 hidden = decoder_layer(hidden, **kwargs)
             return hidden
+        if self.kinds is not None and self.kinds.windowed and plan.num_halted is not None and plan.layout is None \
+                and plan.cache is not None:
+            windows.keep_whole(plan.cache, self.first_halted, plan.past_length)  # sliding layers above l_s
         inputs = self._enter_region(plan, hidden, kwargs)
         if inputs is None:  # nothing halted, now or before: the layers as they are
             for decoder_layer in self.halted_layers:
                 hidden = decoder_layer(hidden, **kwargs)
             return hidden
         kwargs.update(inputs.overrides)
-        hidden, frozen_keys = inputs.hidden, plan.frozen_keys
-        for layer_index, decoder_layer in enumerate(self.halted_layers, self.first_halted):
+        hidden, frozen_keys, by_layer = inputs.hidden, plan.frozen_keys, inputs.by_layer
+        for i, (layer_index, decoder_layer) in enumerate(enumerate(self.halted_layers, self.first_halted)):
+            rope = None
+            if by_layer is not None:  # layers of several kinds: each with its own mask and cos/sin
+                kwargs.update(by_layer[i])
+                rope = self.kinds.per_layer[i][1]
             if frozen_keys is not None:  # kv="keep": the halted tokens' keys/values first, in its cache layer
-                frozen_keys.write(decoder_layer, layer_index)
+                frozen_keys.write(decoder_layer, layer_index, rope)
             hidden = decoder_layer(hidden, **kwargs)
         return inputs.scatter(hidden) if plan.active is not None else hidden
+
+    def _decode_kinds(self, plan: CallPlan, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """A decode step through halted layers of several kinds: a mask per window (the window moves with
+        the query), cos/sin per rope kind."""
+        layout, position = plan.layout, plan.past_length
+        masks = {w: region.step_mask(layout, self.backend, hidden.dtype, w, position) for w in self.kinds.windows}
+        rotaries = self._rotaries(hidden, kwargs)
+        kwargs["position_ids"] = None
+        for (window, rope), decoder_layer in zip(self.kinds.per_layer, self.halted_layers):
+            kwargs["attention_mask"], kwargs["position_embeddings"] = masks[window], rotaries[rope]
+            hidden = decoder_layer(hidden, **kwargs)
+        return hidden
+
+    def _rotaries(self, hidden: torch.Tensor, kwargs: dict) -> dict:
+        """{rope kind: (cos, sin)} of this call for the halted layers; {None: the call's} where all take it."""
+        rotaries = {None: kwargs.get("position_embeddings")}
+        if self.kinds is not None and any(r is not None for r in self.kinds.ropes):
+            rotaries.update(self.adapter.rotary_embeddings(self.model, hidden, kwargs["position_ids"]))
+        return rotaries
 
     def _store_static(self, plan: CallPlan) -> None:
         layout = self.layouts.pop(plan.cache)
@@ -321,8 +359,8 @@ class CallFlow:
         static_cache.set_holes(plan.static, holes)
 
     def _enter_region(self, plan: CallPlan, hidden, kwargs) -> region.RegionInputs | None:
-        plan.region = region.enter(plan, hidden, kwargs.get("position_embeddings"), self.layouts, self.backend,
-                                   self.cache_kw)
+        plan.region = region.enter(plan, hidden, self._rotaries(hidden, kwargs), self.layouts, self.backend,
+                                   self.cache_kw, self.kinds)
         return plan.region
 
     def _run_graph(self, plan: CallPlan, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:

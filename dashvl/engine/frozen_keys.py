@@ -15,7 +15,8 @@ class FrozenKeys:
 
     1. ``select`` (at l_s): the halted tokens' slots, in position order, fillers last.
     2. ``gather`` (entering the halted region): their frozen hidden states [B, H, d] and cos/sin at their
-       original positions; returns the sequence position of each slot for the cache layout.
+       original positions (per rope kind, where layers differ); returns the sequence position of each slot for
+       the cache layout.
     3. ``write`` (before each halted-region layer runs layer by layer): that layer's keys/values of the halted
        tokens (``halted_kv``: input norm, k/v projections, RoPE) into its cache layer, ahead of the active
        tokens' own; or, on the graph path, ``graph_inputs`` hands the same inputs to the graph's recorder.
@@ -29,7 +30,8 @@ class FrozenKeys:
     def __init__(self, width: int, all_valid: bool, halted_kv):
         self.width, self.all_valid, self.halted_kv = width, all_valid, halted_kv
         self.index = self.valid = None        # long / bool [B, H]
-        self.hidden = self.cos = self.sin = None
+        self.hidden = None
+        self.rotaries: dict = {}              # rope kind (None: the call's) -> (cos, sin) [B, H, head_dim]
         self.cache = None                     # where ``write`` puts keys/values (layer-by-layer path)
 
     def round_up(self, width: int) -> None:
@@ -41,15 +43,17 @@ class FrozenKeys:
         """``halted``: bool [B, T], the tokens that stop at l_s."""
         self.index, self.valid = policy.compact_index(halted, self.width)
 
-    def gather(self, frozen: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: int):
-        """Take the halted tokens' inputs from ``frozen`` [B, T, d] (and cos/sin [B or 1, T, head_dim]).
+    def gather(self, frozen: torch.Tensor, rotaries: dict, past: int):
+        """Take the halted tokens' inputs from ``frozen`` [B, T, d] and ``rotaries`` ({rope kind: (cos, sin)
+        [B or 1, T, head_dim]}).
 
         Returns:
             positions: long [B, H], each slot's sequence position (``past`` + token index; -1 for fillers);
             all_valid: no filler slots.
         """
         self.hidden = gather_tokens(frozen, self.index)
-        self.cos, self.sin = gather_tokens(cos, self.index), gather_tokens(sin, self.index)
+        self.rotaries = {kind: (gather_tokens(cos, self.index), gather_tokens(sin, self.index))
+                         for kind, (cos, sin) in rotaries.items()}
         return torch.where(self.valid, self.index + past, -1), self.all_valid
 
     def attach(self, cache) -> DynamicCache | None:
@@ -61,11 +65,13 @@ class FrozenKeys:
         self.cache = DynamicCache()
         return self.cache
 
-    def write(self, decoder_layer, layer_index: int) -> None:
-        """Before ``decoder_layer`` (at ``layer_index``) runs: the halted tokens' keys/values into its cache layer."""
-        keys, values = self.halted_kv(decoder_layer, self.hidden, self.cos, self.sin)
+    def write(self, decoder_layer, layer_index: int, rope=None) -> None:
+        """Before ``decoder_layer`` (at ``layer_index``, taking rope kind ``rope``) runs: the halted tokens'
+        keys/values into its cache layer."""
+        keys, values = self.halted_kv(decoder_layer, self.hidden, *self.rotaries[rope])
         self.cache.update(keys, values, layer_index)
 
     def graph_inputs(self) -> tuple:
-        """(hidden [B, H, d], cos, sin): what the graph's recorder needs to compute the same keys/values."""
-        return self.hidden, self.cos, self.sin
+        """(hidden [B, H, d], cos, sin): what the graph's recorder needs to compute the same keys/values (the
+        graph path runs only halted layers of one kind)."""
+        return (self.hidden, *self.rotaries[None])

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .windows import effective_window
+
 __all__ = ["CacheLayout", "HaltedRunner", "RegionInputs", "enter", "attention_mask", "step_mask", "gather_tokens",
            "scatter_active"]
 
@@ -57,11 +59,16 @@ class CacheLayout:
         self.length += 1
 
 
-def step_mask(layout: CacheLayout, backend: str, dtype):
+def step_mask(layout: CacheLayout, backend: str, dtype, window: int | None = None, position: int = 0):
     """The halted layers' mask of a decode step (one query per row, after ``layout.append``), or None.
 
     Its query is the newest position, so it may see every valid key: the mask is the key validity, which is
-    the previous step's mask and one more allowed column (one op per step instead of a rebuild)."""
+    the previous step's mask and one more allowed column (one op per step instead of a rebuild). A layer with a
+    sliding ``window`` whose query (at ``position``) reaches past it sees only the keys within it."""
+    if window is not None and position >= window:
+        key_pos = layout.key_pos
+        q_pos = torch.full((layout.batch, 1), position, device=key_pos.device)
+        return attention_mask(key_pos, q_pos, False, False, backend, dtype, window)
     if layout.all_valid:
         return None  # SDPA, flash and eager attend to every key of a one-token query
     last = layout.last_mask
@@ -81,26 +88,33 @@ class RegionInputs:
         hidden: [B, A, d] the first halted layer's input (the gathered active tokens, or all of them).
         overrides: keyword arguments swapped into every halted-region layer (mask, cos/sin, position ids,
             and for kv="keep" without a cache of the call's own, the private cache ``FrozenKeys`` writes).
+        by_layer: with layers of several kinds (``windows.RegionKinds``), per halted layer the mask and cos/sin
+            of its kind, swapped in over ``overrides``; else None.
         frozen: [B, T, d] the hidden states leaving l_s (halted tokens keep them), when tokens halt in
             this call; else None.
         index, valid, all_valid: the plan's gather indices (long / bool [B, A]) and whether all slots are real.
     """
 
-    __slots__ = ("hidden", "overrides", "frozen", "index", "valid", "all_valid")
+    __slots__ = ("hidden", "overrides", "frozen", "index", "valid", "all_valid", "by_layer")
 
-    def __init__(self, hidden, overrides: dict, frozen=None, index=None, valid=None, all_valid: bool = True):
+    def __init__(self, hidden, overrides: dict, frozen=None, index=None, valid=None, all_valid: bool = True,
+                 by_layer=None):
         self.hidden, self.overrides, self.frozen = hidden, overrides, frozen
         self.index, self.valid, self.all_valid = index, valid, all_valid
+        self.by_layer = by_layer
 
     def scatter(self, out: torch.Tensor) -> torch.Tensor:
         """The region's output [B, A, d] back in place among the frozen states: [B, T, d]."""
         return scatter_active(self.frozen, out, self.index, self.valid, self.all_valid)
 
 
-def enter(plan, hidden: torch.Tensor, rotary, layouts, backend: str, cache_kw: str) -> RegionInputs | None:
-    """Prepare the halted region of ``plan``'s call, whose first halted layer receives ``hidden`` [B, T, d]
-    and ``rotary`` = (cos, sin) [B or 1, T, head_dim]. Records the cache layout in ``layouts`` (cache ->
-    CacheLayout). None when nothing halted, now or earlier in this cache: the layers run as usual."""
+def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cache_kw: str,
+          kinds=None) -> RegionInputs | None:
+    """Prepare the halted region of ``plan``'s call, whose first halted layer receives ``hidden`` [B, T, d].
+    ``rotaries``: {rope kind: (cos, sin) [B or 1, T, head_dim]}; the key None when every halted layer takes the
+    call's. ``kinds``: the halted layers' ``windows.RegionKinds``, or None (all alike). Records the cache layout
+    in ``layouts`` (cache -> CacheLayout). None when nothing halted, now or earlier in this cache: the layers
+    run as usual."""
     layout, compact = plan.layout, plan.active is not None
     if not compact and layout is None:
         return None
@@ -109,13 +123,13 @@ def enter(plan, hidden: torch.Tensor, rotary, layouts, backend: str, cache_kw: s
     overrides = {"position_ids": None}
     frozen_keys = plan.frozen_keys
     if compact:
-        cos, sin = rotary
-        frozen, hidden = hidden, gather_tokens(hidden, plan.index)
-        overrides["position_embeddings"] = (gather_tokens(cos, plan.index), gather_tokens(sin, plan.index))
+        frozen, hidden, whole = hidden, gather_tokens(hidden, plan.index), rotaries
+        rotaries = {kind: (gather_tokens(cos, plan.index), gather_tokens(sin, plan.index))
+                    for kind, (cos, sin) in whole.items()}
         q_pos = torch.where(plan.valid, plan.index + past, -1)
         new_keys, new_valid = q_pos, plan.all_valid
         if frozen_keys is not None:  # kv="keep": the halted tokens' key slots come first in every layer
-            halted_pos, halted_valid = frozen_keys.gather(frozen, cos, sin, past)
+            halted_pos, halted_valid = frozen_keys.gather(frozen, whole, past)
             new_keys, new_valid = torch.cat([halted_pos, q_pos], 1), new_valid and halted_valid
             private = None if plan.graph else frozen_keys.attach(plan.cache)  # graph: its recorder carries them
             if private is not None:
@@ -129,8 +143,19 @@ def enter(plan, hidden: torch.Tensor, rotary, layouts, backend: str, cache_kw: s
     keys_valid = past_valid and new_valid
     if plan.cache is not None:
         layouts[plan.cache] = CacheLayout(key_pos, keys_valid)
-    overrides["attention_mask"] = attention_mask(key_pos, q_pos, keys_valid, past_keys is None, backend, hidden.dtype)
-    return RegionInputs(hidden, overrides, frozen, plan.index, plan.valid, plan.all_valid)
+    fresh = past_keys is None
+
+    def mask(window=None):
+        return attention_mask(key_pos, q_pos, keys_valid, fresh, backend, hidden.dtype,
+                              effective_window(window, past + T))
+
+    by_layer = None
+    if kinds is None:
+        overrides["attention_mask"], overrides["position_embeddings"] = mask(), rotaries[None]
+    else:
+        masks = {w: mask(w) for w in kinds.windows}
+        by_layer = [{"attention_mask": masks[w], "position_embeddings": rotaries[r]} for w, r in kinds.per_layer]
+    return RegionInputs(hidden, overrides, frozen, plan.index, plan.valid, plan.all_valid, by_layer)
 
 
 def _past_keys(plan, device):
@@ -148,16 +173,20 @@ def _past_keys(plan, device):
     return key_pos, True
 
 
-def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, dtype):
+def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, dtype, window: int | None = None):
     """Attention mask of the halted layers in ``backend``'s format, or None where plain causal is exact.
 
     Args:
         key_pos: long [B, K], the sequence position held by each key slot (-1: unused slot).
         q_pos: long [B, Q], the position of each query slot (-1: filler slot).
         keys_valid: no unused key slot. fresh: the cache held nothing before this call.
+        window: a sliding window: a query sees keys less than ``window`` positions back (transformers'
+            ``sliding_window_overlay``), by position, whatever the slot order. None: full attention.
     Returns:
         None; bool [B, K] (flash); bool [B, 1, Q, K] (sdpa); or additive ``dtype`` [B, 1, Q, K] (eager).
     """
+    if window is not None:
+        return _windowed_mask(key_pos, q_pos, window, backend, dtype)
     Q, K = q_pos.shape[1], key_pos.shape[1]
     # A fresh kv="drop" prefill: keys are the query slots, in position order with fillers last
     # (policy.compact_index), so causal-over-slots is exact for every real query, padded rows included.
@@ -171,6 +200,18 @@ def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, 
     allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None])
     allowed = torch.where((q_pos < 0)[:, :, None], key_ok, allowed)  # filler queries: any key, never NaN
     allowed = allowed[:, None]
+    if backend == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
+
+
+def _windowed_mask(key_pos, q_pos, window: int, backend: str, dtype):
+    if backend.startswith("flash"):  # checks.check_window refuses it first: the kernel slides over slots
+        raise ValueError("flash attention applies a sliding window by slot, not by position")
+    key_ok = key_pos[:, None, :] >= 0
+    allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None]) & (key_pos[:, None, :] > q_pos[:, :, None] - window)
+    allowed = torch.where((q_pos < 0)[:, :, None], key_ok, allowed)[:, None]  # filler queries: any key
     if backend == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
