@@ -1,6 +1,11 @@
 """The halting viewer: ask a question about one or more images and see, layer by layer, what DASH halted.
 
     python -m apps.halting_viewer [--model NAME_OR_PATH] [--host 127.0.0.1] [--port 7860]
+    python -m apps.halting_viewer --model smollm2-135m-instruct     # a text LM: prompts only, tokens shown
+
+With a text-only LM (``dashvl.load_model``'s pretrained names, or any Llama / Qwen2 / Mistral / Gemma 3 text
+model) the viewer takes a prompt and no images, starts at ``dashvl.config.TEXT_DEFAULTS``, and shows the prompt's
+tokens halted / active at the chosen layer.
 
 Three layers, as everywhere in dashvl: ``handle.trace`` is the data, ``dashvl.viz`` renders it, and this
 file only wires inputs to them. The model is read, never changed, outside a request; a session's results
@@ -25,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 import dashvl
 from dashvl import viz
 from dashvl.adapters import adapter_for
-from dashvl.config import KV_MODES, SCOPES
+from dashvl.config import KV_MODES, SCOPES, TEXT_DEFAULTS, DashConfig
 from dashvl.images import for_qwen, to_rgb
 from dashvl.setting import Setting, method_names
 from dashvl.models import chat_prompt
@@ -45,6 +50,7 @@ EXAMPLES = (
 )
 MAX_IMAGES = 4
 MAX_PROMPT_CHARS = 2000
+MAX_TEXT_PROMPT_CHARS = 60_000  # a text LM's prompt is the document itself (about 15k tokens)
 MAX_NEW_TOKENS = 64
 # Refused before decoding: a decoded 50 MP RGB picture alone takes 150 MB of memory.
 MAX_INPUT_PIXELS = 50_000_000
@@ -69,20 +75,23 @@ class Request:
     @classmethod
     def parse(cls, prompt, ratio, layer, kv, scope, max_new_tokens, num_layers: int, method: str = "dash",
               vision_ratio=0.0, vision_layer=0, vision_blocks: int | None = None,
-              control_tokens: tuple[str, ...] = ()) -> "Request":
+              control_tokens: tuple[str, ...] = (), max_chars: int = MAX_PROMPT_CHARS,
+              text_only: bool = False) -> "Request":
         """Raises InputError naming what is allowed. ``control_tokens``: the tokenizer's special-token strings,
-        which a prompt may not contain (it is text, not chat structure)."""
+        which a prompt may not contain (it is text, not chat structure). ``text_only``: the model reads no
+        images (a text LM)."""
         if prompt is not None and not isinstance(prompt, str):
             raise InputError(f"the prompt must be text; got {type(prompt).__name__}")
         prompt = (prompt or "").strip()
         if not prompt:
-            raise InputError("the prompt is empty: type a question about the image(s)")
+            raise InputError("the prompt is empty: type a prompt" if text_only else
+                             "the prompt is empty: type a question about the image(s)")
         found = sorted({t for t in control_tokens if t and t in prompt})
         if found:
             raise InputError(f"the prompt contains the model's control token(s) {', '.join(found)}: the prompt is "
                              "plain text (the viewer adds the images and the chat turns itself); remove them")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
+        if len(prompt) > max_chars:
+            raise InputError(f"the prompt has {len(prompt)} characters; at most {max_chars} are allowed")
         layer = _whole(layer, "layer")
         new = _whole(max_new_tokens, "max new tokens")
         if not 1 <= new <= MAX_NEW_TOKENS:
@@ -99,6 +108,9 @@ class Request:
             raise InputError("this model's vision tower cannot halt patches: set the vision ratio to 0")
         if vision_ratio > 0 and method in method_names("inputs"):
             raise InputError(f"{method} already shrinks the images: set the vision ratio to 0 with it")
+        if text_only and method in method_names("inputs"):
+            raise InputError(f"{method} shrinks images, and this model reads text only: pick one of "
+                             f"{', '.join(method_names('llm'))}")
         try:
             setting = Setting(method=method, ratio=ratio, layer=layer, kv=kv, scope=scope, vision_ratio=vision_ratio,
                               vision_layer=_whole(vision_layer or 0, "vision layer"))
@@ -156,7 +168,9 @@ class Viewer:
         self.num_layers = len(self.layers)
         self.text_config = adapter.text_config(model)
         self.image_token = adapter.image_token_id(model)
-        self.crop = _grid_crop(processor.image_processor)
+        self.text_only = getattr(processor, "image_processor", None) is None  # a text LM and its tokenizer
+        self.tokenizer = tokenizer
+        self.crop = None if self.text_only else _grid_crop(processor.image_processor)
         try:  # blocks of the vision tower when patches can halt inside it, else None
             self.vision_blocks = len(adapter.vision_spec(model).blocks)
         except ValueError:
@@ -165,6 +179,10 @@ class Viewer:
     def load_images(self, paths) -> tuple[list[Image.Image], list[Image.Image], list[str]]:
         """``(for the model, for display, notes)`` from uploaded file paths; raises InputError."""
         paths = [p for p in (paths or []) if p]
+        if self.text_only:
+            if paths:
+                raise InputError(f"this model ({self.name}) reads text only: remove the image(s)")
+            return [], [], []
         if not paths:
             raise InputError("no image: upload one (PNG, JPEG, WebP, ...) or click an example")
         if len(paths) > MAX_IMAGES:
@@ -197,6 +215,8 @@ class Viewer:
     @torch.inference_mode()
     def answer(self, request: Request, images: list[Image.Image]):
         """Generate without and with DASH (or downsampling): ``(plain Run, dash Run, trace, input_ids)``."""
+        if self.text_only:
+            return self._answer_text(request)
         text = chat_prompt(self.processor, request.prompt, images=len(images))
 
         def encode(process):
@@ -216,7 +236,7 @@ class Viewer:
         answer, seconds = generate(inputs)
         plain = Run(answer, seconds, inputs["input_ids"].shape[1] * self.num_layers)
         setting = request.setting
-        visual = int(policy_visual(inputs["input_ids"], self.image_token))
+        visual = int(policy_visual(inputs["input_ids"], self.image_token))  # a VLM: its image token is set
         # trace=True: a trace of the right-hand run even where nothing halts inside the model (ratio 0, downsample)
         with dashvl.apply(self.model, self.processor, setting, trace=True) as applied:
             if setting.stage == "inputs":
@@ -231,11 +251,37 @@ class Viewer:
                          f"{visual}; nothing halts inside the model (the right-hand run)")
         return plain, dash, trace, inputs["input_ids"].cpu(), notes
 
+    def _answer_text(self, request: Request):
+        """A text LM: the prompt in its chat template when the tokenizer has one (SmolLM2-Instruct), else as it is
+        (a base model such as Gemma-3-270M), without and with the setting."""
+        tok = self.tokenizer
+        chat = bool(getattr(tok, "chat_template", None))
+        text = tok.apply_chat_template([{"role": "user", "content": request.prompt}], tokenize=False,
+                                       add_generation_prompt=True) if chat else request.prompt
+        inputs = tok([text], add_special_tokens=not chat, return_tensors="pt").to(self.model.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+        def generate():
+            T = inputs["input_ids"].shape[1]
+            with _PrefillClock(self.layers[0], self.language_model) as clock:
+                out = self.model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False,
+                                          pad_token_id=pad)
+            return tok.batch_decode(out[:, T:], skip_special_tokens=True)[0].strip(), clock.seconds
+
+        answer, seconds = generate()
+        plain = Run(answer, seconds, inputs["input_ids"].shape[1] * self.num_layers)
+        with dashvl.apply(self.model, self.processor, request.setting, trace=True) as applied:
+            answer, seconds = generate()
+            trace = applied.trace
+        dash = Run(answer, seconds, int(trace.tokens_per_layer[0].sum()))
+        return plain, dash, trace, inputs["input_ids"].cpu(), []
+
     def run(self, paths, prompt, ratio, layer, kv, scope, max_new_tokens, method="dash", vision_ratio=0.0,
             vision_layer=0) -> ViewerResult:
         """Validate, load, generate. Raises InputError for bad input."""
         request = Request.parse(prompt, ratio, layer, kv, scope, max_new_tokens, self.num_layers, method,
-                                vision_ratio, vision_layer, self.vision_blocks, self.control_tokens)
+                                vision_ratio, vision_layer, self.vision_blocks, self.control_tokens,
+                                MAX_TEXT_PROMPT_CHARS if self.text_only else MAX_PROMPT_CHARS, self.text_only)
         model_imgs, shown, notes = self.load_images(paths)
         with self._lock:  # the model and a compressed model's per-call state serve one request at a time
             plain, dash, trace, ids, more = self.answer(request, model_imgs)
@@ -345,11 +391,12 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
             return _failed(f"the model failed on this request ({type(err).__name__}: {err})")
         plain_md, dash_md = run_stats(result, L)
         summary = viz.flops_summary(viewer.text_config, result.trace)
-        status = "\n".join((f"done: {len(result.pictures)} image(s), {summary.text}",) + result.notes)
+        inputs = f"{result.input_ids.shape[1]} prompt tokens" if viewer.text_only else f"{len(result.pictures)} image(s)"
+        status = "\n".join((f"done: {inputs}, {summary.text}",) + result.notes)
         return (status, _answer_text(result.plain.answer), plain_md, _answer_text(result.dash.answer), dash_md,
                 overlays(result, view_layer), heatmaps(result),
                 viz.tokens_per_layer_figure(result.trace, viewer.text_config), summary.text,
-                viz.token_highlights(result.trace, result.input_ids, processor.tokenizer), vision_overlays(result),
+                viz.token_highlights(result.trace, result.input_ids, viewer.tokenizer), vision_overlays(result),
                 result)
 
     def _failed(message: str):
@@ -360,29 +407,38 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
         path, prompt = examples[evt.index]
         return [path], prompt
 
+    pictures = not viewer.text_only
+    # a text LM starts where the text table says (dashvl.config.TEXT_DEFAULTS), a VLM at the paper's setting
+    start = dict(method="dash", ratio=0.5, layer=min(2, L // 4)) if pictures else \
+        dict(method=TEXT_DEFAULTS["method"], ratio=TEXT_DEFAULTS["ratio"],
+             layer=DashConfig(layer=TEXT_DEFAULTS["layer"]).resolve_layer(L))
     with gr.Blocks(title="dashvl halting viewer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## DASH halting viewer\nModel: `{viewer.name}` ({L} decoder layers). At layer l_s the "
                     "tokens whose self-attention changed them least stop; the layers above run on the rest."
                     + ("\n\n*A tiny random-weight model: its answers are noise, the halting is real.*"
-                       if "tiny-random" in viewer.name else ""))
+                       if "tiny-random" in viewer.name else "")
+                    + ("" if pictures else "\n\nA text LM: type a prompt (a document and a question about it); "
+                       "the prompt tokens panel shows which tokens halted. It starts at the text defaults "
+                       f"({start['method']}, ρ {start['ratio']}, layer {start['layer']})."))
         with gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(label=f"images (1 to {MAX_IMAGES})", file_count="multiple", file_types=["image"],
-                                type="filepath", elem_id="images")
+                                type="filepath", elem_id="images", visible=pictures)
                 gallery = gr.Gallery(value=[(p, q) for p, q in examples], label="examples (the unmodified model answers each right; at the default setting DASH changes "
                                            "some answers, which the two answer boxes show): click one",
                                      columns=4, height=180, allow_preview=False, interactive=False,
-                                     elem_id="examples")
-                prompt = gr.Textbox(label="prompt", lines=2, elem_id="prompt")
+                                     elem_id="examples", visible=pictures)
+                prompt = gr.Textbox(label="prompt", lines=2 if pictures else 8, elem_id="prompt")
                 with gr.Row():
-                    ratio = _named(gr.Slider, "ratio", minimum=0, maximum=0.95, value=0.5, step=0.05,
+                    ratio = _named(gr.Slider, "ratio", minimum=0, maximum=0.95, value=start["ratio"], step=0.05,
                                    label="ratio ρ (share of tokens that halt)")
-                    layer = _named(gr.Slider, "layer", minimum=0, maximum=L - 2, value=min(2, L // 4), step=1,
+                    layer = _named(gr.Slider, "layer", minimum=0, maximum=L - 2, value=start["layer"], step=1,
                                    label="activation layer l_s")
                 with gr.Row():
                     kv = _named(gr.Radio, "kv", choices=list(KV_MODES), value="drop", label="kv (halted tokens as keys above l_s)")
                     scope = _named(gr.Radio, "scope", choices=list(SCOPES), value="all", label="scope (which tokens may halt)")
-                method = _named(gr.Radio, "method", choices=list(method_names()), value="dash", elem_id="method",
+                method = _named(gr.Radio, "method", choices=list(method_names() if pictures else method_names("llm")),
+                                value=start["method"], elem_id="method",
                                   label="method (dash: smallest Δ halts, the paper; dash-avg / dash-snap / dash-sinks: "
                                         "dashvl's variants; random / fastv / snapkv / streamingllm / downsample: "
                                         "baselines at the same budget; downsample shrinks the images instead)")
@@ -404,17 +460,18 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                         dash_answer = gr.Textbox(label="answer with DASH", interactive=False, elem_id="dash")
                         dash_md = gr.Markdown()
                 view_layer = _named(gr.Slider, "view_layer", minimum=0, maximum=L - 1, value=L - 1, step=1, label="show layer",
-                                     elem_id="view_layer")
-                overlay = gr.Gallery(label="halted image tokens at that layer", elem_id="overlays", **_RESULTS)
+                                     elem_id="view_layer", visible=pictures)  # it re-renders the image overlays
+                overlay = gr.Gallery(label="halted image tokens at that layer", elem_id="overlays", visible=pictures,
+                                     **_RESULTS)
         with gr.Row():
-            heat = gr.Gallery(label="Δ at the activation layer", elem_id="heatmaps", **_RESULTS)
+            heat = gr.Gallery(label="Δ at the activation layer", elem_id="heatmaps", visible=pictures, **_RESULTS)
             with gr.Column():
                 plot = gr.Plot(label="tokens processed per layer", show_label=False, format="png", elem_id="plot")
                 flops_md = gr.Markdown()
         tokens = gr.HighlightedText(label="prompt tokens (red: halted, green: active)", color_map=viz.LABEL_COLOURS,
                                     combine_adjacent=False, show_legend=True, elem_id="tokens")
         vision_gallery = gr.Gallery(label="patches halted inside the vision tower (vision ratio > 0)",
-                                    elem_id="vision_overlays", **_RESULTS)
+                                    elem_id="vision_overlays", visible=pictures, **_RESULTS)
         state = gr.State(None, time_to_live=3600)
 
         gallery.select(on_pick_example, None, [files, prompt], api_name=False)  # UI only
@@ -468,6 +525,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=dashvl.models.DEFAULT_MODEL,
                    help=f"bundled name ({', '.join(dashvl.models.BUNDLED)}), {' / '.join(dashvl.models.TINY_RANDOM)}, "
+                        f"a pretrained text LM ({', '.join(dashvl.pretrained.PRETRAINED)}: prompts only), "
                         "a local model folder or a hub id (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")

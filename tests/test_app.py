@@ -106,6 +106,49 @@ def test_build_demo_in_process(qwen):
         assert fns["run"].fn([SHAPES], "  ", 0.5, 1, "drop", "all", 6, 3)[0].startswith("error: the prompt is empty")
 
 
+@pytest.fixture(scope="module")
+def text_lm():
+    from dashvl.tiny import tiny_decoder
+    model, tok = tiny_decoder("llama", num_layers=6)
+    model.generation_config.eos_token_id = None
+    return model, tok
+
+
+def test_a_text_lm_runs_prompts_only(text_lm):
+    """A text LM (a model and its tokenizer, as dashvl.load_model("smollm2-135m-instruct") returns): the prompt
+    alone, halted at the text defaults' kind of setting; images and image-only methods refused by name."""
+    viewer = hv.Viewer(*text_lm, "tiny-llama")
+    assert viewer.text_only
+    long = "the red lantern hangs by the harbor. " * 60 + "what hangs by the harbor?"
+    assert len(long) > hv.MAX_PROMPT_CHARS  # a document as the prompt: the text limit is larger
+    result = viewer.run(None, long, 0.5, 2, "drop", "all", 6, "dash-snap")
+    assert result.pictures == () and result.trace.halted.any()
+    assert result.plain.answer != "" or result.dash.answer != ""
+    assert result.dash.token_layers < result.plain.token_layers
+    with pytest.raises(hv.InputError, match=r"reads text only: remove the image"):
+        viewer.run([SHAPES], "hello there", 0.5, 2, "drop", "all", 6)
+    with pytest.raises(hv.InputError, match=r"downsample shrinks images, and this model reads text only: pick one "
+                                            r"of dash, "):
+        viewer.run(None, "hello there", 0.5, 2, "drop", "all", 6, "downsample")
+    with pytest.raises(hv.InputError, match=r"the prompt is empty: type a prompt$"):
+        viewer.run(None, " ", 0.5, 2, "drop", "all", 6)
+
+
+def test_build_demo_for_a_text_lm(text_lm):
+    demo = hv.build_demo(*text_lm, model_name="tiny-llama")
+    hidden = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None) and b.visible is False}
+    assert {"images", "examples", "overlays", "heatmaps", "vision_overlays", "view_layer"} <= hidden
+    method = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "method")
+    assert method.value == "dash-snap" and "downsample" not in [c[1] for c in method.choices]
+    fns = {fn.api_name: fn for fn in demo.fns.values()}
+    out = fns["run"].fn(None, "the red lantern hangs by the harbor. what hangs there?", 0.5, 2, "drop", "all", 6, 5,
+                        "dash")
+    status, plain, plain_md, dash, dash_md, overlays, heat, plot, flops, tokens, vision, state = out
+    assert status.startswith("done: ") and "prompt tokens" in status and "saved" in flops
+    assert overlays == heat == vision == []
+    assert any(label == "halted" for _, label in tokens) and any(label == "active" for _, label in tokens)
+
+
 def test_build_demo_needs_the_processor(qwen):
     with pytest.raises(ValueError, match="without its processor"):
         hv.build_demo(qwen[0])
