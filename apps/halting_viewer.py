@@ -163,6 +163,7 @@ class Viewer:
         added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
         self.control_tokens = tuple(sorted(set(getattr(tokenizer, "all_special_tokens", [])) | set(added)))
         adapter = adapter_for(model)  # ValueError for a model type dashvl does not support
+        self.adapter = adapter
         self.layers = adapter.decoder_layers(model)
         self.language_model = adapter.language_model(model)
         self.num_layers = len(self.layers)
@@ -282,6 +283,11 @@ class Viewer:
         request = Request.parse(prompt, ratio, layer, kv, scope, max_new_tokens, self.num_layers, method,
                                 vision_ratio, vision_layer, self.vision_blocks, self.control_tokens,
                                 MAX_TEXT_PROMPT_CHARS if self.text_only else MAX_PROMPT_CHARS, self.text_only)
+        try:  # a family's own limit on l_s (Qwen3-VL: at or above its DeepStack layers)
+            if request.setting.stage != "inputs":
+                self.adapter.check_layer(self.model, request.setting.layer)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         model_imgs, shown, notes = self.load_images(paths)
         with self._lock:  # the model and a compressed model's per-call state serve one request at a time
             plain, dash, trace, ids, more = self.answer(request, model_imgs)

@@ -38,6 +38,7 @@ def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> 
     adapter = adapter_for(model)
     decoder_layers = adapter.decoder_layers(model)
     layer = config.resolve_layer(len(decoder_layers))
+    adapter.check_layer(model, layer)
     handle = DashHandle(model, config, adapter, decoder_layers, layer)
     handle.check_backend()
     handle.check_generation()

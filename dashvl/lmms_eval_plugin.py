@@ -6,7 +6,7 @@ Registered through the ``lmms_eval.models`` entry point (pyproject), so after ``
     lmms-eval eval --model dashvl_llava --model_args pretrained=tiny-random-llava,device=cpu,method=fastv,ratio=0.75 \\
         --tasks synth_mme --include_path synthvqa/tasks
 
-- ``dashvl_qwen2_vl`` (Qwen2-VL, Qwen2.5-VL) subclasses lmms-eval's ``qwen2_vl`` wrapper and keeps its prompt
+- ``dashvl_qwen2_vl`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) subclasses lmms-eval's ``qwen2_vl`` wrapper and keeps its prompt
   building and generation; ``dashvl_llava`` (LLaVA-1.5) subclasses ``llava_hf`` for loading conventions and
   log-likelihood, with its own ``generate_until`` (upstream's turns generation errors into empty answers and
   takes batch size 1 only).
@@ -41,7 +41,8 @@ __all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL
 
 # lmms-eval model id -> class name in this module
 MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
-_FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "llava": "dashvl_llava"}
+_FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "qwen3_vl": "dashvl_qwen2_vl",
+                    "llava": "dashvl_llava"}
 
 
 EvalSetting = Setting  # its name here before dashvl.setting existed
@@ -63,7 +64,7 @@ def model_id_for(pretrained: str) -> str:
 
     name = str(pretrained)
     if name in TINY_RANDOM:
-        return "dashvl_qwen2_vl" if name.endswith("qwen2-vl") else "dashvl_llava"
+        return "dashvl_llava" if name.endswith("llava") else "dashvl_qwen2_vl"
     if name in BUNDLED:
         config = BUNDLED[name] / "config.json"
         if not config.exists():

@@ -18,7 +18,7 @@ BUNDLED = {
     "llava-synth": ASSETS / "llava-synth",
 }
 # Built on the spot from config, random weights: always available, offline, answers are noise.
-TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava")
+TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-vl")
 
 
 def _default() -> str:
@@ -45,8 +45,8 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
         return pretrained.load_pretrained(name, device, dtype, attn_implementation)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name in TINY_RANDOM:
-        from .tiny import tiny_llava, tiny_qwen2_vl
-        build = tiny_qwen2_vl if name.endswith("qwen2-vl") else tiny_llava
+        from .tiny import tiny_llava, tiny_qwen2_vl, tiny_qwen3_vl
+        build = {"tiny-random-qwen2-vl": tiny_qwen2_vl, "tiny-random-qwen3-vl": tiny_qwen3_vl}.get(name, tiny_llava)
         model, processor = build(attn=attn_implementation)
         return model.to(device).eval(), processor
     if name in BUNDLED:

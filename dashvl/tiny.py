@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-__all__ = ["tiny_qwen2_vl", "tiny_llava", "tiny_decoder", "train_tokenizer", "sample_image"]
+__all__ = ["tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_llava", "tiny_decoder", "train_tokenizer", "sample_image"]
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
@@ -114,6 +114,39 @@ def tiny_qwen2_vl(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, see
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=size),
                                  video_processor=Qwen2VLVideoProcessor(size=size), tokenizer=tok,
                                  chat_template=QWEN_CHAT_TEMPLATE)
+    return model, processor
+
+
+def tiny_qwen3_vl(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0, init_std: float = 0.2,
+                  max_pixels: int = 128 * 128):
+    """A tiny Qwen3-VL (16-px patches, interleaved M-RoPE, DeepStack: the vision tower's blocks 0 and 1 add
+    their features to the hidden states after decoder layers 0 and 1) and its real processor."""
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    tok = train_tokenizer("qwen2_vl")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    heads, head_dim = 4, hidden // 4
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+                num_attention_heads=heads, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=4096,
+                initializer_range=init_std, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "mrope_section": mrope, "mrope_interleaved": True},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1], initializer_range=init_std)
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    size = {"shortest_edge": 32 * 32 * 4, "longest_edge": max_pixels}
+    processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2),
+                                 video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2),
+                                 tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
     return model, processor
 
 

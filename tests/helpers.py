@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from dashvl.adapters import adapter_for
-from dashvl.tiny import sample_image, tiny_decoder, tiny_llava, tiny_qwen2_vl
+from dashvl.tiny import sample_image, tiny_decoder, tiny_llava, tiny_qwen2_vl, tiny_qwen3_vl
 
-BACKBONES = ("qwen2_vl", "llava", "llama")  # model families (synthvqa.suite.FAMILIES are question families)
+BACKBONES = ("qwen2_vl", "llava", "llama", "qwen3_vl")  # model families (synthvqa.suite.FAMILIES are question families)
 NEW_TOKENS = 8
 
 
@@ -23,6 +23,8 @@ def build(family: str, attn: str = "sdpa"):
 def _build(family: str, attn: str):
     if family in ("qwen2_vl", "qwen2_5_vl"):
         model, proc = tiny_qwen2_vl(attn=attn, model_type=family)
+    elif family == "qwen3_vl":  # DeepStack after decoder layers 0 and 1: halting from layer 1 up
+        model, proc = tiny_qwen3_vl(attn=attn)
     elif family == "llava-deep-vision":  # a 3-layer CLIP, so halting at layer 0 reaches the features (layer -2)
         model, proc = tiny_llava(attn=attn, vision_layers=3)
     elif family.startswith("llava"):  # llava, llava-mistral, llava-qwen2
@@ -126,10 +128,10 @@ class Reference:
             masks[w] = torch.zeros(B, 1, S, S).masked_fill(~ok[:, None], torch.finfo(torch.float32).min)
         frozen = {}
 
-        def freeze(module, args, output):
-            frozen["h"] = output
+        def freeze(module, args, kwargs):  # what layer+1 receives: layer's output, plus what the stack adds
+            frozen["h"] = args[0] if args else kwargs["hidden_states"]  # between them (Qwen3-VL's DeepStack)
 
-        hooks = [self.layers[self.layer].register_forward_hook(freeze)]
+        hooks = [self.layers[self.layer + 1].register_forward_pre_hook(freeze, with_kwargs=True)]
         for layer, w in zip(self.layers[self.layer + 1:], windows[self.layer + 1:]):
             hooks.append(layer.register_forward_pre_hook(
                 lambda m, a, k, mask=masks[w]: (a, {**k, "attention_mask": mask}), with_kwargs=True))

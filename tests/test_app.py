@@ -149,6 +149,16 @@ def test_build_demo_for_a_text_lm(text_lm):
     assert any(label == "halted" for _, label in tokens) and any(label == "active" for _, label in tokens)
 
 
+def test_viewer_on_qwen3_vl():
+    viewer = hv.Viewer(*dashvl.load_model("tiny-random-qwen3-vl"), "tiny-random-qwen3-vl")
+    result = viewer.run([SHAPES], GOOD["prompt"], 0.5, 1, "drop", "all", 4)
+    t, h, w = result.trace.spans[0].grid
+    assert len(overlays := hv.overlays(result, 3)) == 1 and isinstance(overlays[0][0], Image.Image)
+    assert h * w == int((result.input_ids[0] == viewer.image_token).sum())
+    with pytest.raises(hv.InputError, match=r"layer 0 is below Qwen3-VL's DeepStack layers"):
+        viewer.run([SHAPES], GOOD["prompt"], 0.5, 0, "drop", "all", 4)
+
+
 def test_build_demo_needs_the_processor(qwen):
     with pytest.raises(ValueError, match="without its processor"):
         hv.build_demo(qwen[0])

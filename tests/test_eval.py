@@ -206,3 +206,12 @@ def test_synth_vqa_scores_each_family_through_the_bridge(tmp_path):
         hits = [norm(s["filtered_resps"][0]) in {norm(a) for a in w["answers"]} for s, w in zip(samples, want)]
         assert float(rows[0][f"synth_vqa_{family} exact_match"]) == pytest.approx(sum(hits) / 4)
     assert float(rows[0]["synth_vqa_colour exact_match"]) >= 0.75  # 99.6% on 500 questions (model card)
+
+
+def test_qwen3_vl_runs_through_the_qwen_bridge(tmp_path):
+    """Qwen3-VL (tiny, random weights) through lmms-eval's qwen2_vl wrapper: its prompts and image handling."""
+    proc = run(RUN, "--model", "tiny-random-qwen3-vl", "--tasks", "synth_mme", "--ratio", "0,0.5", "--layer", "1",
+               "--limit", "2", "--model-args", SMALL, "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (tmp_path / "comparison.md").read_text()
+    assert "dash-0.5" in table and "baseline" in table

@@ -38,6 +38,9 @@ class Adapter:
     def check(self, model: nn.Module) -> None:
         """Raise ValueError for a model of this family that the engine cannot serve correctly."""
 
+    def check_layer(self, model: nn.Module, layer: int) -> None:
+        """Raise ValueError when halting above decoder layer ``layer`` (the resolved l_s) cannot be exact."""
+
     def vision_tower(self, model: nn.Module) -> nn.Module | None:
         """The module that encodes images (None for text-only models)."""
         return None

@@ -28,12 +28,15 @@ Glossary (one word per concept, in code and docstrings):
 - **static cache** (``static_cache``): ``cache_implementation="static"``. A halted prompt's keys/values go into
   its layers at their sequence positions, so decode steps (and transformers' compiled decode step) are stock;
   kv="drop" leaves *holes* (halted slots) that ``HoleMasks`` removes from the halted layers' decode masks.
+- **layer kinds** (``windows.RegionKinds``): halted layers that differ (a sliding window, a rotary embedding of
+  their own: Mistral, Gemma 3). Each kind gets its own mask (the window by original position) and cos/sin;
+  the halted sliding layers keep their whole cache (``windows.keep_whole``). None for every other family.
 - **graph path** (``graphs``): on CUDA, the halted region replayed as one captured CUDA graph.
 - **method** (``dashvl.methods``): the rule that scores tokens at ``l_s``; lower halts first.
 
 Modules: ``handle`` (installs / removes the hooks, shows the trace), ``flow`` (the hooks: each step of a call),
 ``plan`` (one call's plan), ``region`` (gather, masks, scatter, cache layout, the runner), ``frozen_keys`` (kv="keep"),
-``graphs`` (the CUDA-graph path), ``static_cache`` (StaticCache and the compiled decode step), ``checks`` (refusals), ``record`` (the trace of a prefill), ``handles`` (which
+``graphs`` (the CUDA-graph path), ``static_cache`` (StaticCache and the compiled decode step), ``windows`` (layers of several kinds), ``checks`` (refusals), ``record`` (the trace of a prefill), ``handles`` (which
 model carries which handle).
 Knows no model family: everything family-specific comes from ``dashvl.adapters``.
 """

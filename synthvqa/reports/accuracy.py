@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")  # what the numbers show, written by hand
 
 
-GROUPS = ("llm", "vision", "both")
+GROUPS = ("llm", "vision", "both", "methods")
 
 
 def assemble(lines: list[str], old: str) -> str:
@@ -44,7 +44,9 @@ def assemble(lines: list[str], old: str) -> str:
 def settings(ratios, layer, vision_ratios=(), vision_layer=1, combined_ratio=0.5, groups=("llm",)):
     """(label, compress settings or None) per row. ``llm``: DASH (drop / keep) and random halting in the LLM;
     ``vision``: DASH and random halting inside the vision tower alone; ``both``: vision halting and LLM halting at
-    ``combined_ratio`` together."""
+    ``combined_ratio`` together; ``methods``: every LLM scoring method (``dashvl.methods``, dashvl's own criteria
+    and the baselines) at each ratio, kv drop, scope "all" for all of them, so every row halts the same number of
+    tokens (FastV's own scope, "vision", would halt fewer)."""
     out = [("unmodified", None)]
     if "llm" in groups:
         for r in ratios:
@@ -56,6 +58,11 @@ def settings(ratios, layer, vision_ratios=(), vision_layer=1, combined_ratio=0.5
         for v in vision_ratios:
             out += [(f"vision {v:g}", dict(ratio=0.0, layer=layer, **vis(v))),
                     (f"random vision {v:g}", dict(ratio=0.0, layer=layer, method="random", **vis(v)))]
+    if "methods" in groups:
+        from dashvl.setting import method_names
+        for r in ratios:
+            out += [(f"{m} drop {r:g}", dict(ratio=r, layer=layer, kv="drop", method=m, scope="all"))
+                    for m in method_names("llm")]
     if "both" in groups:
         r = combined_ratio
         for v in vision_ratios:
@@ -103,7 +110,8 @@ def main(argv=None):
     p.add_argument("--vision-layer", type=int, default=1, help="vision block v_s (the bundled towers have 4 blocks)")
     p.add_argument("--combined-ratio", type=float, default=0.5, help="LLM ratio of the vision + LLM rows")
     p.add_argument("--groups", default=",".join(GROUPS),
-                   help="row groups: llm (DASH / random in the LLM), vision (in the vision tower), both")
+                   help="row groups: llm (DASH / random in the LLM), vision (in the vision tower), both, methods "
+                        "(every LLM scoring method at each ratio, scope all)")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--out", default=os.path.join(HERE, "ACCURACY.md"))
     p.add_argument("--picture", default=os.path.join(HERE, "halting_example.png"))
@@ -117,8 +125,9 @@ def main(argv=None):
     rows_of = settings(ratios, args.layer, vision_ratios, args.vision_layer, args.combined_ratio, groups)
     start = time.time()
     lines = ["# Accuracy of the bundled models with DASH", "",
-             "`make accuracy` regenerates every table of this file (this one, then `python -m synthvqa.reports.halted_cells` "
-             "and `python -m synthvqa.reports.accuracy_bridge`; about an hour on 2 CPU cores). "
+             ("`make accuracy` regenerates every table of this file (this one, then `python -m synthvqa.reports.halted_cells` "
+              "and `python -m synthvqa.reports.accuracy_bridge`; about an hour on 2 CPU cores). "
+              if os.path.basename(args.out) == "ACCURACY.md" else "The command below regenerates this file: ") +
              f"`python -m synthvqa.reports.accuracy --per-family {args.per_family} --ratios {args.ratios} --layer {args.layer} "
              f"--vision-ratios {args.vision_ratios} --vision-layer {args.vision_layer} --combined-ratio "
              f"{args.combined_ratio:g} --groups {','.join(groups)}` "
