@@ -90,8 +90,9 @@ class Adapter:
         ones); None for every layer when all share the call's ``position_embeddings``."""
         return [None] * self.text_config(model).num_hidden_layers
 
-    def rotary_embeddings(self, model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict:
-        """{rope kind: (cos, sin)} at ``position_ids`` for the kinds ``rope_kinds`` names (not None)."""
+    def rotary_embeddings(self, model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor,
+                          kinds: list[str]) -> dict:
+        """{rope kind: (cos, sin)} at ``position_ids`` for each of ``kinds`` (names ``rope_kinds`` uses)."""
         raise NotImplementedError(f"{type(self).__name__} uses one rotary embedding for every layer")
 
     def last_query_and_keys(self, attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

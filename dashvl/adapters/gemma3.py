@@ -23,9 +23,10 @@ class Gemma3TextAdapter(Adapter):
     def rope_kinds(self, model: nn.Module) -> list[str | None]:
         return list(self.text_config(model).layer_types)
 
-    def rotary_embeddings(self, model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict:
+    def rotary_embeddings(self, model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor,
+                          kinds: list[str]) -> dict:
         stack = self.language_model(model)
-        return {kind: stack.rotary_emb(hidden, position_ids, kind) for kind in set(self.rope_kinds(model))}
+        return {kind: stack.rotary_emb(hidden, position_ids, kind) for kind in kinds}
 
     def check(self, model: nn.Module) -> None:
         if getattr(self.text_config(model), "use_bidirectional_attention", False):

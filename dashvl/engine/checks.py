@@ -5,6 +5,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..adapters import SUPPORTED_ATTENTION
+from .static_cache import is_static
 
 __all__ = ["check_backend", "check_generation", "check_call", "check_compiled_call", "check_cache",
            "check_cache_origin", "check_window"]
@@ -46,7 +47,6 @@ def check_call(model, kwargs: dict) -> None:
 def check_compiled_call(args, kwargs: dict, cache_kw: str) -> None:
     """A call traced by torch.compile runs no hook work of dashvl's, so it must be one whose stock computation
     is exact: a decode step on a StaticCache (``engine.static_cache``), as transformers' compiled decode is."""
-    from .static_cache import is_static
     shaped = kwargs.get("input_ids", args[0] if args else None)
     if shaped is None:
         shaped = kwargs.get("inputs_embeds")

@@ -346,10 +346,16 @@ class CallFlow:
         return hidden
 
     def _rotaries(self, hidden: torch.Tensor, kwargs: dict) -> dict:
-        """{rope kind: (cos, sin)} of this call for the halted layers; {None: the call's} where all take it."""
-        rotaries = {None: kwargs.get("position_embeddings")}
-        if self.kinds is not None and any(r is not None for r in self.kinds.ropes):
-            rotaries.update(self.adapter.rotary_embeddings(self.model, hidden, kwargs["position_ids"]))
+        """{rope kind: (cos, sin)} of this call for the halted layers; {None: the call's} where all take it.
+        The stock loop hands the runner the first halted layer's tables: only the other kinds are computed."""
+        given = kwargs.get("position_embeddings")
+        if self.kinds is None or all(r is None for r in self.kinds.ropes):
+            return {None: given}
+        first = self.kinds.per_layer[0][1]
+        rotaries = {first: given}
+        others = [r for r in self.kinds.ropes if r != first]
+        if others:
+            rotaries.update(self.adapter.rotary_embeddings(self.model, hidden, kwargs["position_ids"], others))
         return rotaries
 
     def _store_static(self, plan: CallPlan) -> None:

@@ -185,33 +185,23 @@ def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, 
     Returns:
         None; bool [B, K] (flash); bool [B, 1, Q, K] (sdpa); or additive ``dtype`` [B, 1, Q, K] (eager).
     """
-    if window is not None:
-        return _windowed_mask(key_pos, q_pos, window, backend, dtype)
     Q, K = q_pos.shape[1], key_pos.shape[1]
     # A fresh kv="drop" prefill: keys are the query slots, in position order with fillers last
     # (policy.compact_index), so causal-over-slots is exact for every real query, padded rows included.
-    slot_causal = fresh and Q == K
+    slot_causal = fresh and Q == K and window is None
     if backend.startswith("flash"):
+        if window is not None:  # checks.check_window refuses it first: the kernel slides over slots
+            raise ValueError("flash attention applies a sliding window by slot, not by position")
         # Queries are the last Q key slots (kv="drop"), so a 2-D key mask with causal alignment is exact.
         return None if keys_valid or slot_causal else key_pos >= 0
-    if (keys_valid and Q == 1) or (slot_causal and backend == "sdpa"):
+    if window is None and ((keys_valid and Q == 1) or (slot_causal and backend == "sdpa")):
         return None  # decode against valid keys, or a fresh causal prefill: SDPA's is_causal / no mask
     key_ok = key_pos[:, None, :] >= 0
     allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None])
+    if window is not None:
+        allowed &= key_pos[:, None, :] > q_pos[:, :, None] - window
     allowed = torch.where((q_pos < 0)[:, :, None], key_ok, allowed)  # filler queries: any key, never NaN
     allowed = allowed[:, None]
-    if backend == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min)
-
-
-def _windowed_mask(key_pos, q_pos, window: int, backend: str, dtype):
-    if backend.startswith("flash"):  # checks.check_window refuses it first: the kernel slides over slots
-        raise ValueError("flash attention applies a sliding window by slot, not by position")
-    key_ok = key_pos[:, None, :] >= 0
-    allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None]) & (key_pos[:, None, :] > q_pos[:, :, None] - window)
-    allowed = torch.where((q_pos < 0)[:, :, None], key_ok, allowed)[:, None]  # filler queries: any key
     if backend == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(

@@ -124,10 +124,6 @@ class HoleMasks:
         self._hooks: list = []
         self._last = None  # (stock mask, holes, combined) of the latest layer: the next layers reuse it
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._hooks)
-
     def install(self) -> None:
         if not self._hooks:
             self._hooks = [layer.register_forward_pre_hook(self._mask, with_kwargs=True)
