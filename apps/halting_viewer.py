@@ -171,6 +171,9 @@ class Viewer:
         self.image_token = adapter.image_token_id(model)
         self.text_only = getattr(processor, "image_processor", None) is None  # a text LM and its tokenizer
         self.tokenizer = tokenizer
+        # a text LM's tokenizer may have no pad token (Gemma's base model: its eos); a VLM's generation_config has one
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._generate_kw = {"pad_token_id": pad} if self.text_only else {}
         self.crop = None if self.text_only else _grid_crop(processor.image_processor)
         try:  # blocks of the vision tower when patches can halt inside it, else None
             self.vision_blocks = len(adapter.vision_spec(model).blocks)
@@ -217,65 +220,49 @@ class Viewer:
     def answer(self, request: Request, images: list[Image.Image]):
         """Generate without and with DASH (or downsampling): ``(plain Run, dash Run, trace, input_ids)``."""
         if self.text_only:
-            return self._answer_text(request)
-        text = chat_prompt(self.processor, request.prompt, images=len(images))
+            inputs, encode = self._text_inputs(request.prompt), None
+        else:
+            text = chat_prompt(self.processor, request.prompt, images=len(images))
 
-        def encode(process):
-            try:
-                return process(text=[text], images=images, return_tensors="pt").to(self.model.device)
-            except ValueError as err:  # e.g. Qwen2-VL refuses aspect ratios over 200
-                raise InputError(f"the model's processor refused the input: {err}") from None
+            def encode(process):
+                try:
+                    return process(text=[text], images=images, return_tensors="pt").to(self.model.device)
+                except ValueError as err:  # e.g. Qwen2-VL refuses aspect ratios over 200
+                    raise InputError(f"the model's processor refused the input: {err}") from None
 
-        def generate(inputs):
-            T = inputs["input_ids"].shape[1]
-            with _PrefillClock(self.layers[0], self.language_model) as clock:
-                out = self.model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
-            answer = self.processor.batch_decode(out[:, T:], skip_special_tokens=True)[0].strip()
-            return answer, clock.seconds
-
-        inputs = encode(self.processor)
-        answer, seconds = generate(inputs)
+            inputs = encode(self.processor)
+        answer, seconds = self._generate(inputs, request.max_new_tokens)
         plain = Run(answer, seconds, inputs["input_ids"].shape[1] * self.num_layers)
-        setting = request.setting
-        visual = int(policy_visual(inputs["input_ids"], self.image_token))  # a VLM: its image token is set
+        setting, notes = request.setting, []
         # trace=True: a trace of the right-hand run even where nothing halts inside the model (ratio 0, downsample)
         with dashvl.apply(self.model, self.processor, setting, trace=True) as applied:
-            if setting.stage == "inputs":
+            if setting.stage == "inputs":  # a VLM only (Request.parse refuses it for a text LM)
+                visual = int(policy_visual(inputs["input_ids"], self.image_token))
                 inputs = encode(applied.processor)
-            answer, seconds = generate(inputs)
+                if not setting.baseline:
+                    notes.append(f"{setting.method} {setting.ratio:g}: the images gave "
+                                 f"{int(policy_visual(inputs['input_ids'], self.image_token))} visual tokens "
+                                 f"instead of {visual}; nothing halts inside the model (the right-hand run)")
+            answer, seconds = self._generate(inputs, request.max_new_tokens)
             trace = applied.trace
         dash = Run(answer, seconds, int(trace.tokens_per_layer[0].sum()))
-        notes = []
-        if setting.stage == "inputs" and not setting.baseline:
-            notes.append(f"{setting.method} {setting.ratio:g}: the images gave "
-                         f"{int(policy_visual(inputs['input_ids'], self.image_token))} visual tokens instead of "
-                         f"{visual}; nothing halts inside the model (the right-hand run)")
         return plain, dash, trace, inputs["input_ids"].cpu(), notes
 
-    def _answer_text(self, request: Request):
-        """A text LM: the prompt in its chat template when the tokenizer has one (SmolLM2-Instruct), else as it is
-        (a base model such as Gemma-3-270M), without and with the setting."""
+    def _text_inputs(self, prompt: str):
+        """A text LM's inputs: the prompt in its chat template when the tokenizer has one (SmolLM2-Instruct), else
+        as it is (a base model such as Gemma-3-270M)."""
         tok = self.tokenizer
         chat = bool(getattr(tok, "chat_template", None))
-        text = tok.apply_chat_template([{"role": "user", "content": request.prompt}], tokenize=False,
-                                       add_generation_prompt=True) if chat else request.prompt
-        inputs = tok([text], add_special_tokens=not chat, return_tensors="pt").to(self.model.device)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True) if chat else prompt
+        return tok([text], add_special_tokens=not chat, return_tensors="pt").to(self.model.device)
 
-        def generate():
-            T = inputs["input_ids"].shape[1]
-            with _PrefillClock(self.layers[0], self.language_model) as clock:
-                out = self.model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False,
-                                          pad_token_id=pad)
-            return tok.batch_decode(out[:, T:], skip_special_tokens=True)[0].strip(), clock.seconds
-
-        answer, seconds = generate()
-        plain = Run(answer, seconds, inputs["input_ids"].shape[1] * self.num_layers)
-        with dashvl.apply(self.model, self.processor, request.setting, trace=True) as applied:
-            answer, seconds = generate()
-            trace = applied.trace
-        dash = Run(answer, seconds, int(trace.tokens_per_layer[0].sum()))
-        return plain, dash, trace, inputs["input_ids"].cpu(), []
+    def _generate(self, inputs, max_new_tokens: int) -> tuple[str, float]:
+        """A greedy answer to ``inputs`` and the seconds of its LLM prefill."""
+        T = inputs["input_ids"].shape[1]
+        with _PrefillClock(self.layers[0], self.language_model) as clock:
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **self._generate_kw)
+        return self.tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)[0].strip(), clock.seconds
 
     def run(self, paths, prompt, ratio, layer, kv, scope, max_new_tokens, method="dash", vision_ratio=0.0,
             vision_layer=0) -> ViewerResult:
