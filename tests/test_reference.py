@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import dashvl
-from tests.helpers import (BACKBONES, assert_same_generation, build, generate, layers_of, make_inputs, Reference,
-                     reference_halted, visual_kinds)
+from tests.helpers import (BACKBONES, assert_same_generation, build, dash_reference, generate, layers_of, make_inputs,
+                           Reference, reference_halted, visual_kinds)
 
 ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation order
 
@@ -12,12 +12,10 @@ ATOL = 2e-4  # float32; gathered vs masked attention differ only in summation or
 def _check_against_reference(family, attn, batch, kv, ratio=0.5, layer=1, scope="all", images=1, protect_last=1):
     model, _ = build(family, attn)
     inputs = make_inputs(family, batch, images)
-    ref = Reference(model, layer, kv)
     real = inputs["attention_mask"].bool()
-    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), ratio, scope,
-                              protect_last)
+    halted, ref_tokens, ref_logits = dash_reference(model, inputs, layer, kv, ratio, scope=scope,
+                                                    protect_last=protect_last)
     assert halted.any()
-    ref_tokens, ref_logits = ref.greedy(inputs, halted)
 
     with dashvl.compress(model, method="dash", ratio=ratio, layer=layer, kv=kv, scope=scope, protect_last=protect_last) as h:
         out = generate(model, inputs)

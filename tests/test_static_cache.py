@@ -9,17 +9,13 @@ import dashvl
 from bench.decode_ops import decode_step_counts, host_reads
 from dashvl.engine import static_cache
 from dashvl.tiny import tiny_decoder
-from tests.helpers import assert_same_generation, build, generate, make_inputs, Reference, reference_halted, \
-    visual_kinds
+from tests.helpers import assert_same_generation, build, dash_reference, generate, make_inputs
 
 STATIC = dict(cache_implementation="static")
 
 
 def _reference(model, inputs, kv, ratio=0.5, layer=1):
-    ref = Reference(model, layer, kv)
-    halted = reference_halted(ref.scores(inputs), inputs["attention_mask"].bool(),
-                              visual_kinds(model, inputs["input_ids"]), ratio)
-    return ref.greedy(inputs, halted)
+    return dash_reference(model, inputs, layer, kv, ratio)[1:]
 
 
 @pytest.mark.parametrize("family,attn,batch", [("qwen2_vl", "sdpa", 3), ("llava", "sdpa", 3), ("llama", "sdpa", 3),
@@ -145,3 +141,29 @@ def test_a_new_handle_reuses_the_compiled_decode_step(monkeypatch):
             generate(model, inputs, **STATIC, compile_config=config)
         counts.append(dynamo_utils.counters["stats"]["unique_graphs"])
     assert counts[1] == counts[2] == counts[0], counts
+
+
+def test_a_later_prompt_on_a_static_cache_is_refused():
+    model, _ = build("llama")
+    inputs = make_inputs("llama", 1)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True, **STATIC)
+        seq = out.sequences
+        with pytest.raises(ValueError, match=r"a prompt on a StaticCache that already holds tokens is not "
+                                             r"supported .* use the dynamic cache"):
+            model(input_ids=seq, attention_mask=torch.ones_like(seq), cache=out.past_key_values)
+
+
+def test_sliding_static_layers_and_flash_are_refused():
+    model, tok = tiny_decoder("mistral")
+    model.config.sliding_window = 8
+    model.generation_config.eos_token_id = None
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1), torch.no_grad():
+        with pytest.raises(ValueError, match=r"StaticSlidingWindowLayer layers .* not supported"):
+            model.generate(**tok(["a b c"], return_tensors="pt"), max_new_tokens=2, **STATIC)
+    llama, _ = build("llama")
+    with torch.no_grad():
+        out = llama.generate(**make_inputs("llama", 1), max_new_tokens=1, return_dict_in_generate=True, **STATIC)
+    static_cache.check_static(out.past_key_values, 2, "sdpa")
+    with pytest.raises(ValueError, match=r"static cache with attn_implementation='flash_attention_2' is not"):
+        static_cache.check_static(out.past_key_values, 2, "flash_attention_2")

@@ -9,8 +9,7 @@ import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 import dashvl
-from tests.helpers import (Reference, assert_same_generation, build, extend, generate, layers_of, make_inputs,
-                           reference_halted, visual_kinds)
+from tests.helpers import assert_same_generation, build, dash_reference, extend, generate, layers_of, make_inputs
 
 WINDOWED = ("gemma3_text", "mistral-window")
 
@@ -43,10 +42,7 @@ def test_beyond_the_window_equals_the_slow_reference(family, attn, batch, kv, la
     global and at a sliding layer of the Gemma 3 model."""
     model, _ = build(family, attn)
     inputs = make_inputs(family, batch)
-    ref = Reference(model, layer, kv)
-    halted = reference_halted(ref.scores(inputs), inputs["attention_mask"].bool(),
-                              visual_kinds(model, inputs["input_ids"]), 0.5)
-    tokens, logits = ref.greedy(inputs, halted)
+    halted, tokens, logits = dash_reference(model, inputs, layer, kv, 0.5)
     with dashvl.compress(model, method="dash", ratio=0.5, layer=layer, kv=kv) as handle:
         out = generate(model, inputs)
         assert torch.equal(handle.trace.halted, halted)

@@ -1,7 +1,6 @@
 """Refusals: what the engine cannot serve exactly, each raised before or instead of touching the call."""
 from __future__ import annotations
 
-import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..adapters import SUPPORTED_ATTENTION
