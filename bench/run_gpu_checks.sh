@@ -4,14 +4,7 @@
 #   bash bench/run_gpu_checks.sh                                  # checks + quick generate
 #   GEN="--tokens 1088,16448 --batch 1,8 --new 32,128" bash bench/run_gpu_checks.sh
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-fi
-python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
-clean() { grep -v '^\[transformers\]' ; }
+source "$(dirname "$0")/gpu_setup.sh"
 if [ "${CHECKS:-1}" = 1 ]; then
   DASHVL_GPU_REPORT="$OUT/graph_path_vs_layers.json" timeout ${CHECK_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider \
     tests/gpu/test_graph_path.py 2>&1 | clean | tail -15

@@ -4,14 +4,7 @@
 # shapes with the dynamic and the static cache (whose decode step generate() compiles). OUT: the device's folder.
 #   bash bench/run_gpu_static.sh
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-fi
-python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
-clean() { grep -v '^\[transformers\]' ; }
+source "$(dirname "$0")/gpu_setup.sh"
 if [ "${CHECKS:-1}" = 1 ]; then
   DASHVL_GPU_REPORT="$OUT/static_cache.json" timeout ${CHECK_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider \
     tests/gpu/test_static_cache.py 2>&1 | clean | tail -15
