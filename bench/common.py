@@ -21,6 +21,14 @@ SHAPES = {
     # the CPU benchmark's mid-size models (small vision towers)
     "qwen2-vl-mid": dict(family="qwen2_vl", num_hidden_layers=8, hidden_size=512, num_attention_heads=8,
                          num_key_value_heads=2, intermediate_size=1408, vocab_size=8192),
+    # the GPU checks of real kernels (tests/gpu/test_flash4.py): few layers, the 7B models' head_dim 128
+    "qwen2-vl-check": dict(family="qwen2_vl", num_hidden_layers=6, hidden_size=1024, num_attention_heads=8,
+                           num_key_value_heads=2, intermediate_size=2816, vocab_size=8192),
+    "llava-check": dict(family="llava", num_hidden_layers=6, hidden_size=1024, num_attention_heads=8,
+                        num_key_value_heads=8, intermediate_size=2816, vocab_size=8192),
+    # almost no arithmetic: a decode step is host time, so a paired run reads dashvl's own per-step cost in µs
+    "qwen2-vl-tiny": dict(family="qwen2_vl", num_hidden_layers=4, hidden_size=64, num_attention_heads=2,
+                          num_key_value_heads=1, intermediate_size=128, vocab_size=1024),
     "llava-mid": dict(family="llava", num_hidden_layers=8, hidden_size=512, num_attention_heads=8,
                       num_key_value_heads=8, intermediate_size=1408, vocab_size=8192),
 }

@@ -63,3 +63,32 @@ def test_the_generate_plot_draws_every_recorded_prompt(tmp_path):
                       "qwen2-vl-7b, 4160 tokens, batch 1, dynamic"]
     plot_generate.main(files + ["--out", str(tmp_path / "g.png")])
     assert (tmp_path / "g.png").stat().st_size > 20_000
+
+
+def test_paired_decode_twins_share_the_weights_and_decode_as_generate(tmp_path):
+    """bench.decode_pairs: a twin is the same weights under its own hooks, and its step loop is generate()'s."""
+    import torch
+
+    import dashvl
+    from bench.common import build_model
+    from bench.decode_pairs import Decoder, main, twin
+    from bench.gpu_generate import make_inputs
+
+    model = build_model("qwen2-vl-tiny", "cpu", torch.float32)
+    model.generation_config.eos_token_id = None  # random weights: never stop early
+    copy = twin(model)
+    assert all(a is b for a, b in zip(model.parameters(), copy.parameters()))
+    inputs = make_inputs(model, "llm", 40, 2, "cpu")
+    with dashvl.compress(model, ratio=0.5, layer=2), torch.no_grad():
+        want = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    decoder = Decoder(copy, inputs, dict(ratio=0.5, layer=2))
+    with torch.no_grad():
+        decoder.prefill()
+        for _ in range(3):
+            decoder.step()
+    assert torch.equal(decoder.ids, want)
+    assert dashvl.get_handle(model) is None and dashvl.get_handle(copy) is decoder.handle  # hooks stay on the twin
+    results = main(["--model", "qwen2-vl-tiny", "--device", "cpu", "--tokens", "32", "--batch", "1", "--steps", "3",
+                    "--warmup", "1", "--settings", "unmodified;ratio=0.5,layer=2", "--out", str(tmp_path)])
+    base, dash = results[0]["rows"]
+    assert base["speedup"] == 1.0 and dash["steps"] == 3 and len(dash["series_ms"]) == 3

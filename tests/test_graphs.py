@@ -250,3 +250,34 @@ def test_graphs_outlive_one_compress_until_released(emulate):
             assert len(emulate) == 3
         finally:
             model.float()
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_graph_prefill_leaves_no_filler_slots_in_the_cache(emulate, kv):
+    """A batch-1 prompt whose active (and, for kv="keep", halted) counts are not bucket widths: the graph runs
+    on bucketed widths, but the cache keeps only the real slots, so its decode steps take no mask (a masked
+    step leaves SDPA's flash kernel), and they decode what the layers one by one decode."""
+    from dashvl.engine import region
+    model, proc = build("llama")
+    inputs = proc(["what colour is the small square on the left of the big circle and why is it there "
+                   "and what shape is next to it"], return_tensors="pt")
+    T = inputs["input_ids"].shape[1]
+    outs, lengths = {}, {}
+    for graph in (False, None):
+        with dashvl.compress(model, method="dash", ratio=0.6, layer=1, kv=kv, cuda_graph=graph) as h:
+            with torch.no_grad():
+                first = model(**inputs, use_cache=True)
+            cache = first.past_key_values
+            layout = h._flow.layouts[cache]
+            n_active = int((~h.trace.halted).sum())
+            if graph is None:
+                assert graphs.bucket_width(n_active) > n_active  # the bucket has fillers to leave out
+                assert layout.all_valid
+                assert region.step_mask(layout, "sdpa", torch.float32) is None
+            lengths[graph] = cache.get_seq_length(2)
+            outs[graph] = generate(model, inputs)
+    assert len(emulate) >= 1
+    assert lengths[None] == lengths[False] == (n_active if kv == "drop" else T)
+    assert torch.equal(outs[None].sequences, outs[False].sequences)
+    for a, b in zip(outs[None].logits, outs[False].logits):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)

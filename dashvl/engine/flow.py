@@ -32,12 +32,14 @@ into the static layers by position; decode steps are the stock ones (kv="drop": 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import weakref
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import DynamicCache
 
 from .. import policy
@@ -47,6 +49,8 @@ from .plan import CallPlan, plan_call
 from .record import TraceParts
 
 __all__ = ["CallFlow"]
+
+_STEP_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class CallFlow:
@@ -83,6 +87,9 @@ class CallFlow:
         self.prefills = 0  # counts scored prefills: the trace is rebuilt when this moves
         self.trace_parts: TraceParts | None = None
         self.graphs = self.short_layers = self._graph_devices = None
+        self._swapped = False  # the stack runs short_layers in this call (a flag: reading stack.layers costs more)
+        self.call_backend = self.backend  # read once per call (a config attribute read is slow, and per step)
+        self._checked_caches: weakref.WeakSet = weakref.WeakSet()  # caches whose layers check_cache passed
         self._scoring = None  # the activation attention's hook, on during a prompt's call
         # methods that read Δ of the layers below l_s: those attentions, hooked during a prompt's call only
         self._history_attentions = [layer.self_attn for layer in decoder_layers[:handle.layer]] \
@@ -120,8 +127,9 @@ class CallFlow:
             self._graph_devices = {p.device for p in decoder_layers[first:].parameters()}
 
     def restore_layers(self) -> None:
-        if self.stack.layers is not self.decoder_layers:
+        if self._swapped:
             self.stack.layers = self.decoder_layers
+            self._swapped = False
         if self._scoring is not None:
             self._scoring.remove()
             self._scoring = None
@@ -161,9 +169,11 @@ class CallFlow:
             return checks.check_compiled_call(args, kwargs, self.cache_kw)
         self._enter(model_call=True)
         checks.check_call(self.model, kwargs)
-        checks.check_backend(self.backend, self.kv_mode)
-        checks.check_generation(self.model)
-        self.plan = self._new_plan(args, kwargs, self.adapter.trace_inputs(kwargs))
+        self.call_backend = backend = self.backend
+        checks.check_backend(backend, self.kv_mode)
+        plan = self.plan = self._new_plan(args, kwargs, self.adapter.trace_inputs(kwargs))
+        if plan is not None and plan.length > 1:  # generate()'s settings only shape prompts; a step is one token
+            checks.check_generation(self.model)
 
     def on_decoder_stack(self, module, args, kwargs):
         """The decoder stack starts: use the call the model planned, or plan one (the stack called directly)."""
@@ -172,6 +182,7 @@ class CallFlow:
         self._enter(model_call=False)
         plan = self.plan
         if plan is None or plan.started:
+            self.call_backend = self.backend
             plan = self.plan = self._new_plan(args, kwargs, {})
         if plan is None:
             return
@@ -187,6 +198,7 @@ class CallFlow:
             if width is not None:
                 plan.use_graph(width)
             self.stack.layers = self.short_layers  # restored by on_stack_end / on_model_end
+            self._swapped = True
 
     def on_model_end(self, module, args, output):
         """The model's post-hook, registered always-call: also after an error, this thread's call is over."""
@@ -228,14 +240,17 @@ class CallFlow:
             return self._note_static_cache(plan, cache)
         past = 0
         if cache is not None:  # None: the stack makes a fresh one (the runner meets it)
-            checks.check_cache(cache, self.first_halted)
+            if cache not in self._checked_caches:
+                checks.check_cache(cache, self.first_halted)
+                if len(cache.layers) == len(self.decoder_layers):  # all its layers made: their kinds are fixed
+                    self._checked_caches.add(cache)
             past = cache.get_seq_length()
             if past == 0:
                 self.layouts.pop(cache, None)
             else:
                 plan.layout = self.layouts.get(cache)
                 checks.check_cache_origin(cache, plan.layout, self.first_halted, B)
-        if self.backend.startswith("flash"):  # the kernel slides its window over slots, not positions
+        if self.call_backend.startswith("flash"):  # the kernel slides its window over slots, not positions
             checks.check_window(self.window, past + T)
         plan.cache, plan.past_length = cache, past
 
@@ -243,7 +258,7 @@ class CallFlow:
         """A StaticCache: decode steps are the stock ones (nothing to note: reading its length would sync);
         a prompt must start it, and one that halts runs the halted region on a private DynamicCache, which
         ``static_cache.store`` then writes into the static layers (``run_region``)."""
-        static_cache.check_static(cache, self.first_halted, self.backend)
+        static_cache.check_static(cache, self.first_halted, self.call_backend)
         plan.cache = cache
         if plan.length == 1:
             return
@@ -308,10 +323,11 @@ class CallFlow:
             layout.append(plan.past_length)
             if self.kinds is not None:
                 return self._decode_kinds(plan, hidden, kwargs)
-            kwargs["attention_mask"] = region.step_mask(layout, self.backend, hidden.dtype)
+            kwargs["attention_mask"] = region.step_mask(layout, self.call_backend, hidden.dtype)
             kwargs["position_ids"] = None
-            for decoder_layer in self.halted_layers:
-                hidden = decoder_layer(hidden, **kwargs)
+            with self._step_kernels(hidden):
+                for decoder_layer in self.halted_layers:
+                    hidden = decoder_layer(hidden, **kwargs)
             return hidden
         if self.kinds is not None and self.kinds.windowed and plan.num_halted is not None and plan.layout is None \
                 and plan.cache is not None:
@@ -337,13 +353,23 @@ class CallFlow:
         """A decode step through halted layers of several kinds: a mask per window (the window moves with
         the query), cos/sin per rope kind."""
         layout, position = plan.layout, plan.past_length
-        masks = {w: region.step_mask(layout, self.backend, hidden.dtype, w, position) for w in self.kinds.windows}
+        masks = {w: region.step_mask(layout, self.call_backend, hidden.dtype, w, position) for w in self.kinds.windows}
         rotaries = self._rotaries(hidden, kwargs)
         kwargs["position_ids"] = None
-        for (window, rope), decoder_layer in zip(self.kinds.per_layer, self.halted_layers):
-            kwargs["attention_mask"], kwargs["position_embeddings"] = masks[window], rotaries[rope]
-            hidden = decoder_layer(hidden, **kwargs)
+        with self._step_kernels(hidden):
+            for (window, rope), decoder_layer in zip(self.kinds.per_layer, self.halted_layers):
+                kwargs["attention_mask"], kwargs["position_embeddings"] = masks[window], rotaries[rope]
+                hidden = decoder_layer(hidden, **kwargs)
         return hidden
+
+    def _step_kernels(self, hidden: torch.Tensor):
+        """SDPA on CUDA without its cuDNN kernel for the halted layers' decode step. Measured on the H200
+        (torch 2.11, bf16, one query against the halted layers' shorter kv="drop" caches): SDPA picks cuDNN
+        there and spends about 2.5 ms of host time per layer call, a 7B step 3x slower; its flash and
+        memory-efficient kernels compute the same attention at the stock cost. Elsewhere: nothing."""
+        if self.call_backend == "sdpa" and hidden.is_cuda and torch.backends.cuda.cudnn_sdp_enabled():
+            return sdpa_kernel(_STEP_KERNELS)
+        return contextlib.nullcontext()
 
     def _rotaries(self, hidden: torch.Tensor, kwargs: dict) -> dict:
         """{rope kind: (cos, sin)} of this call for the halted layers; {None: the call's} where all take it.
@@ -365,7 +391,7 @@ class CallFlow:
         static_cache.set_holes(plan.static, holes)
 
     def _enter_region(self, plan: CallPlan, hidden, kwargs) -> region.RegionInputs | None:
-        plan.region = region.enter(plan, hidden, self._rotaries(hidden, kwargs), self.layouts, self.backend,
+        plan.region = region.enter(plan, hidden, self._rotaries(hidden, kwargs), self.layouts, self.call_backend,
                                    self.cache_kw, self.kinds)
         return plan.region
 
@@ -376,9 +402,13 @@ class CallFlow:
         cos, sin = overrides["position_embeddings"]
         halted = plan.frozen_keys.graph_inputs() if plan.frozen_keys is not None else None
         out, keys_values = self.graphs.run(inputs.hidden, cos, sin, overrides["attention_mask"], halted,
-                                           plan.cache is not None, self.backend)
+                                           plan.cache is not None, self.call_backend)
         if plan.cache is not None:
-            graphs.store_kv(plan.cache, self.first_halted, keys_values)
+            frozen_width = plan.frozen_keys.width if plan.frozen_keys is not None else 0
+            slots = graphs.real_slots(plan.graph_real, plan.width, frozen_width, out.device)
+            graphs.store_kv(plan.cache, self.first_halted, keys_values, slots)
+            if slots is not None:  # the layout without the filler slots: all valid
+                self.layouts[plan.cache] = region.CacheLayout(self.layouts[plan.cache].key_pos[:, slots], True)
         return inputs.scatter(out)
 
     def _graph_width(self, plan: CallPlan, kwargs) -> int | None:

@@ -32,7 +32,7 @@ from transformers.cache_utils import DynamicLayer
 
 from .region import HaltedRunner  # the runner of both paths; named here for older code
 
-__all__ = ["bucket_width", "bank_for", "release", "GraphBank", "HaltedRunner", "store_kv"]
+__all__ = ["real_slots", "bucket_width", "bank_for", "release", "GraphBank", "HaltedRunner", "store_kv"]
 
 # Above this many active slots (batch × width) the halted layers are GPU-bound: replaying them saves no
 # time and the bucket's filler slots cost some. Measured on an H200 at Qwen2-VL-7B's shapes (bench/RESULTS.md):
@@ -212,10 +212,28 @@ def _plain_tensors():
         yield
 
 
-def store_kv(cache, first: int, keys_values: torch.Tensor) -> None:
+def real_slots(graph_real, width: int, frozen_width: int, device) -> torch.Tensor | None:
+    """The key slots of a graph call's halted layers that hold a token in every row, when those are all the
+    tokens (every row fills the same counts), else None.
+
+    A graph runs on bucketed widths, so its key slots end in fillers (``width`` active slots, after the
+    ``frozen_width`` halted ones for kv="keep"). Kept in the cache, fillers would make every decode step build
+    and apply a mask (SDPA then leaves its flash kernel for a slower one: about 10% of a 7B step, measured);
+    without them a batch-1 step runs unmasked like the unmodified model's."""
+    real_width, real_valid, real_frozen, frozen_valid = graph_real
+    if not (real_valid and frozen_valid) or (real_width == width and real_frozen == frozen_width):
+        return None
+    slots = torch.arange(real_width, device=device) + frozen_width
+    if frozen_width:
+        slots = torch.cat([torch.arange(real_frozen, device=device), slots])
+    return slots
+
+
+def store_kv(cache, first: int, keys_values: torch.Tensor, slots: torch.Tensor | None = None) -> None:
     """Put the halted layers' keys/values (a graph's static buffer [layers, 2, B, kv_heads, K, head_dim]) into
-    a fresh DynamicCache, from cache layer ``first`` on."""
-    keys_values = keys_values.clone()  # one copy: the next replay reuses the buffer, this cache must not see it change
+    a fresh DynamicCache, from cache layer ``first`` on; only the key ``slots`` given (``real_slots``)."""
+    # one copy: the next replay reuses the buffer, this cache must not see it change
+    keys_values = keys_values.clone() if slots is None else keys_values.index_select(4, slots)
     for j in range(keys_values.shape[0]):
         keys, values = keys_values[j, 0], keys_values[j, 1]
         cache_layer = cache.layers[first + j] if first + j < len(cache.layers) else None

@@ -51,6 +51,7 @@ class CallPlan:
         self.frozen_keys: FrozenKeys | None = None
         self.started = False
         self.graph = False
+        self.graph_real = None
         self.cache = None
         self.past_length = 0
         self.layout = None
@@ -74,6 +75,9 @@ class CallPlan:
     def use_graph(self, width: int) -> None:
         """The halted region replays a CUDA graph with ``width`` (>= the active count) slots per row."""
         self.graph = True
+        # what the rows really fill, before bucketing: the cache keeps only those slots (graphs.real_slots)
+        self.graph_real = (self.width, self.all_valid) + ((self.frozen_keys.width, self.frozen_keys.all_valid)
+                                                          if self.frozen_keys is not None else (0, True))
         self.all_valid = self.all_valid and width == self.width
         self.width = width
         if self.frozen_keys is not None:  # its slots too, so nearby lengths share a graph

@@ -35,6 +35,8 @@ _REORDER_WRAPPED = "_dashvl_reorders_holes"
 
 
 def is_static(cache) -> bool:
+    if isinstance(cache, DynamicCache):  # the common case, answered without walking its layers
+        return False
     return any(isinstance(c, StaticLayer) for c in getattr(cache, "layers", ()))
 
 
