@@ -1,4 +1,7 @@
-"""The flash_attention_2 path, with FlashAttention's contract emulated in plain torch.
+"""The flash attention path (flash_attention_2, _3 and _4), with FlashAttention's contract emulated in plain torch.
+
+transformers serves the three through one integration (``flash_attention_forward``, ``flash_attention_mask``):
+the emulated kernel is registered under the name being tested, and everything else is transformers' own.
 
 flash-attn cannot be installed here (no GPU, no wheels), so the kernel is replaced by a slow function with
 its semantics as transformers uses them: a 2-D key-padding mask (queries = the last q_len mask columns),
@@ -38,20 +41,25 @@ def emulated_flash(module, query, key, value, attention_mask, dropout=0.0, scali
     return out, None
 
 
-@pytest.fixture
-def flash_emulated():
-    ALL_ATTENTION_FUNCTIONS["flash_attention_2"] = emulated_flash
-    yield
-    del ALL_ATTENTION_FUNCTIONS["flash_attention_2"]
+FLASH = ["flash_attention_2", "flash_attention_3", "flash_attention_4"]
 
 
-def _flash_twin(family):
-    """A second copy of the cached sdpa test model (same seed, same weights) switched to flash_attention_2."""
+@pytest.fixture(params=FLASH)
+def flash_emulated(request):
+    """The backend's name, with the emulated kernel registered under it."""
+    name = request.param
+    ALL_ATTENTION_FUNCTIONS[name] = emulated_flash
+    yield name
+    del ALL_ATTENTION_FUNCTIONS[name]  # the local override only: the stock function is back
+
+
+def _flash_twin(family, backend):
+    """A second copy of the cached sdpa test model (same seed, same weights) switched to ``backend``."""
     builders = {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava, "llama": tiny_decoder}
     model, _ = builders[family]() if family != "llama" else builders[family]("llama")
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = model.config.get_text_config().pad_token_id
-    model.config.get_text_config(decoder=True)._attn_implementation = "flash_attention_2"
+    model.config.get_text_config(decoder=True)._attn_implementation = backend
     ref_model, _ = build(family)
     for (k, v), (_, w) in zip(model.state_dict().items(), ref_model.state_dict().items()):
         assert torch.equal(v, w), k
@@ -61,7 +69,7 @@ def _flash_twin(family):
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_drop_on_flash_matches_reference(flash_emulated, family, batch):
-    model, ref_model = _flash_twin(family)
+    model, ref_model = _flash_twin(family, flash_emulated)
     inputs = make_inputs(family, batch)
     unmodified = generate(model, inputs)
     # the emulated kernel reproduces the sdpa model: the contract is right before dashvl is involved
@@ -82,4 +90,5 @@ def test_drop_on_flash_matches_reference(flash_emulated, family, batch):
 
 def test_flash_mask_functions_are_untouched():
     # dashvl builds its own masks for the halted layers and never registers mask functions
-    assert "flash_attention_2" in ALL_MASK_ATTENTION_FUNCTIONS
+    for name in FLASH:
+        assert ALL_MASK_ATTENTION_FUNCTIONS[name] is ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"]

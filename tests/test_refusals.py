@@ -49,18 +49,32 @@ def test_unsupported_model_type():
 def test_unsupported_attention_backend():
     model, _ = tiny_decoder("llama", attn="sdpa")
     model.config._attn_implementation = "flex_attention"
-    with pytest.raises(ValueError, match=r"'flex_attention' is not supported.*sdpa, eager, flash_attention_2"):
+    with pytest.raises(ValueError, match=r"'flex_attention' is not supported.*sdpa, eager, flash_attention_2, "
+                                         r"flash_attention_3, flash_attention_4"):
         dashvl.compress(model)
     assert _hooks(model) == 0
 
 
-def test_keep_refused_with_flash_attention():
+@pytest.mark.parametrize("backend", ["flash_attention_2", "flash_attention_3", "flash_attention_4"])
+def test_keep_refused_with_flash_attention(backend):
     model, _ = tiny_decoder("llama", attn="sdpa")
-    model.config._attn_implementation = "flash_attention_2"
-    with pytest.raises(ValueError, match=r"kv='keep'.*flash_attention_2.*kv='drop'"):
+    model.config._attn_implementation = backend
+    with pytest.raises(ValueError, match=rf"kv='keep' needs an explicit attention mask, which {backend} cannot take; "
+                                         rf"use kv='drop' with {backend}"):
         dashvl.compress(model, method="dash", kv="keep")
     dashvl.compress(model, method="dash", kv="drop")  # drop is fine there
     dashvl.restore(model)
+
+
+def test_hub_kernel_backends_are_refused():
+    """transformers also takes hub kernels (``kernels-community/flash-attn3``) and paged backends by name:
+    dashvl has not run those, so they are refused, naming what is supported."""
+    model, _ = tiny_decoder("llama", attn="sdpa")
+    for name in ("kernels-community/flash-attn3", "paged|flash_attention_2", "sdpa_paged"):
+        model.config._attn_implementation = name
+        with pytest.raises(ValueError, match=rf"attention backend {name!r} is not supported by dashvl; use one of sdpa"):
+            dashvl.compress(model)
+    model.config._attn_implementation = "sdpa"
 
 
 def test_backend_switched_after_compress_is_refused_at_call():

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import SUPPORTED_ATTENTION, Adapter
+from .base import FLASH_ATTENTION, SUPPORTED_ATTENTION, Adapter
 from .decoder import DecoderAdapter
 from .gemma3 import Gemma3TextAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
 
-__all__ = ["Adapter", "adapter_for", "SUPPORTED_MODEL_TYPES", "SUPPORTED_ATTENTION"]
+__all__ = ["Adapter", "adapter_for", "SUPPORTED_MODEL_TYPES", "SUPPORTED_ATTENTION", "FLASH_ATTENTION"]
 
 _ADAPTERS: dict[str, Adapter] = {}
 for _adapter in (Qwen2VLAdapter(), Qwen3VLAdapter(), LlavaAdapter(), DecoderAdapter(), Gemma3TextAdapter()):

@@ -6,11 +6,14 @@ import sys
 import torch
 from torch import nn
 
-__all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION"]
+__all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION", "FLASH_ATTENTION"]
 
 # Attention backends the engine builds masks for. flex_attention / paged backends take block masks or
 # packed layouts that the gathered layers would get wrong, so they are refused.
-SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
+# FlashAttention 2, 3 and 4 share one integration in transformers (``flash_attention_forward`` and one mask
+# function: a 2-D key-padding mask or None, varlen when padded), so dashvl's contract is the same for all three.
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+SUPPORTED_ATTENTION = ("sdpa", "eager") + FLASH_ATTENTION
 
 ImageGrid = tuple  # (kind, t, h, w): kind "image" or "video", sizes in LLM tokens (after any merge)
 

@@ -20,8 +20,8 @@ def check_backend(backend: str, kv_mode: str) -> None:
         raise ValueError(f"attention backend {backend!r} is not supported by dashvl; use one of "
                          f"{', '.join(SUPPORTED_ATTENTION)} (attn_implementation=... when loading)")
     if backend.startswith("flash") and kv_mode == "keep":
-        raise ValueError("kv='keep' needs an explicit attention mask, which flash_attention_2 cannot take; "
-                         "use kv='drop' with flash_attention_2, or attn_implementation='sdpa' / 'eager'")
+        raise ValueError(f"kv='keep' needs an explicit attention mask, which {backend} cannot take; "
+                         f"use kv='drop' with {backend}, or attn_implementation='sdpa' / 'eager'")
 
 
 def check_generation(model) -> None:
