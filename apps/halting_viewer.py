@@ -179,6 +179,8 @@ class Viewer:
             self.vision_blocks = len(adapter.vision_spec(model).blocks)
         except ValueError:
             self.vision_blocks = None
+        if adapter.tiled_images:  # the tower halts per tile (the library serves it); the viewer draws one grid per picture
+            self.vision_blocks = None
 
     def load_images(self, paths) -> tuple[list[Image.Image], list[Image.Image], list[str]]:
         """``(for the model, for display, notes)`` from uploaded file paths; raises InputError."""
@@ -279,7 +281,7 @@ class Viewer:
         with self._lock:  # the model and a compressed model's per-call state serve one request at a time
             plain, dash, trace, ids, more = self.answer(request, model_imgs)
         notes += more
-        grids = sum(s.kind == "image" for s in trace.spans)
+        grids = sum(s.kind == "image" and s.role != "base" for s in trace.spans)  # one drawn grid per picture
         if grids != len(shown):  # e.g. a LLaVA that keeps CLS tokens: no grid to draw on
             raise RuntimeError(f"the trace has grids for {grids} image(s) but {len(shown)} were given")
         return ViewerResult(trace, tuple(shown), self.crop, ids, plain, dash, tuple(notes))
@@ -296,7 +298,7 @@ def overlays(result: ViewerResult | None, layer) -> list[tuple[Image.Image, str]
     layer = min(max(int(layer), 0), tr.num_layers - 1)
     items = []
     for i, pic in enumerate(result.pictures):
-        mask = tr.patch_mask(image=i, layer=layer)
+        mask = tr.picture_mask(picture=i, layer=layer)
         if layer <= tr.layer:
             caption = f"image {i + 1}, layer {layer}: all {mask.numel()} tokens processed (halting starts above layer {tr.layer})"
         else:

@@ -42,7 +42,7 @@ __all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL
 # lmms-eval model id -> class name in this module
 MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
 _FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "qwen3_vl": "dashvl_qwen2_vl",
-                    "llava": "dashvl_llava"}
+                    "llava": "dashvl_llava", "llava_next": "dashvl_llava"}
 
 
 EvalSetting = Setting  # its name here before dashvl.setting existed
@@ -64,7 +64,7 @@ def model_id_for(pretrained: str) -> str:
 
     name = str(pretrained)
     if name in TINY_RANDOM:
-        return "dashvl_llava" if name.endswith("llava") else "dashvl_qwen2_vl"
+        return "dashvl_llava" if "llava" in name else "dashvl_qwen2_vl"
     if name in BUNDLED:
         config = BUNDLED[name] / "config.json"
         if not config.exists():

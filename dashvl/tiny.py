@@ -181,6 +181,39 @@ def tiny_llava(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: 
     return model, processor
 
 
+def tiny_llava_next(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0, init_std: float = 0.2,
+                    image_size: int = 56, vision_layers: int = 2):
+    """A tiny LLaVA-NeXT (CLIP tower, anyres tiling over 1x2, 2x1 and 2x2 tiles, image-newline embedding, Llama
+    text model) and its processor: an image is a base tile of (image_size / 14)^2 tokens plus its stitched,
+    unpadded tile grid with one newline token per row."""
+    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers.models.auto import CONFIG_MAPPING
+
+    tok = train_tokenizer("llava")
+    image_id = tok.convert_tokens_to_ids("<image>")
+    text = CONFIG_MAPPING["llama"](
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                              num_attention_heads=2, image_size=image_size, patch_size=14, initializer_range=init_std)
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                             vision_feature_select_strategy="default", vision_feature_layer=-2,
+                             image_grid_pinpoints=pinpoints, initializer_range=init_std, tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": image_size},
+                                              crop_size={"height": image_size, "width": image_size},
+                                              image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_CHAT_TEMPLATE)
+    return model, processor
+
+
 def tiny_decoder(model_type: str = "llama", attn: str = "sdpa", num_layers: int = 4, hidden: int = 64,
                  seed: int = 0, init_std: float = 0.2):
     """A tiny text-only decoder (``llama``, ``qwen2``, ``mistral`` or ``gemma3_text``) and a tokenizer.

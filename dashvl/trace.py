@@ -20,6 +20,10 @@ class VisualSpan:
         index: position among the row's items of that kind (0 = first image of the prompt).
         grid: ``(t, h, w)`` in LLM tokens (Qwen2-VL: merged 2x2 patches; LLaVA: 24x24 for 336 px).
         positions: long [t * h * w], the sequence positions of its tokens in raster order (t, h, w).
+        role: what of its picture the grid covers: ``"whole"`` (the picture, as most families encode it);
+            LLaVA-NeXT encodes each picture twice: ``"base"`` (the whole picture at the tower's resolution)
+            and ``"tiles"`` (the stitched high-resolution tiles, whose last column is the row-closing newline
+            tokens, not a part of the picture).
     """
 
     row: int
@@ -27,6 +31,7 @@ class VisualSpan:
     index: int
     grid: tuple[int, int, int]
     positions: torch.Tensor
+    role: str = "whole"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,30 @@ class HaltTrace:
         layer = self.num_layers - 1 if layer is None else layer
         return (~self.active_at(layer)[row, span.positions]).view(span.grid)
 
+    def picture_span(self, picture: int = 0, row: int = 0, kind: str = "image") -> VisualSpan:
+        """The grid to draw over the ``picture``-th picture of row ``row``: its only grid, or LLaVA-NeXT's
+        high-resolution ``"tiles"`` grid (the finer of its two)."""
+        items = [s for s in self.spans if s.row == row and s.kind == kind and s.role != "base"]
+        if not 0 <= picture < len(items):
+            raise ValueError(f"row {row} has {len(items)} {kind}(s); asked for {kind} {picture}")
+        return items[picture]
+
+    def picture_mask(self, picture: int = 0, layer: int | None = None, row: int = 0,
+                     kind: str = "image") -> torch.Tensor:
+        """bool [t, h, w] over the ``picture``-th picture itself: ``patch_mask`` of ``picture_span``, without the
+        newline column of a ``"tiles"`` grid. For families with one grid per picture it equals
+        ``patch_mask(image=picture)``."""
+        span = self.picture_span(picture, row, kind)
+        layer = self.num_layers - 1 if layer is None else layer
+        mask = (~self.active_at(layer)[row, span.positions]).view(span.grid)
+        return mask[..., :-1] if span.role == "tiles" else mask
+
+    def picture_scores(self, picture: int = 0, row: int = 0, kind: str = "image") -> torch.Tensor:
+        """float32 [t, h, w]: ``score_grid`` of ``picture_span`` (without a ``"tiles"`` grid's newline column)."""
+        span = self.picture_span(picture, row, kind)
+        grid = self.scores[row, span.positions].view(span.grid)
+        return grid[..., :-1] if span.role == "tiles" else grid
+
     def score_grid(self, image: int = 0, row: int = 0, kind: str = "image") -> torch.Tensor:
         """float32 [t, h, w]: Δ of that image's tokens at l_s, on its grid."""
         span = self.span(image, row, kind)
@@ -130,9 +159,9 @@ def build_spans(kinds: torch.Tensor, grids_per_row: list[list[tuple]]) -> tuple[
         positions = [torch.arange(s, s + n) for _, s, n in visual_runs(kinds[row])]
         flat = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
         offset, counters = 0, {"image": 0, "video": 0}
-        for kind, t, h, w in grids_per_row[row]:
+        for kind, t, h, w, *role in grids_per_row[row]:  # role: see VisualSpan (default "whole")
             n = t * h * w
-            spans.append(VisualSpan(row, kind, counters[kind], (t, h, w), flat[offset:offset + n]))
+            spans.append(VisualSpan(row, kind, counters[kind], (t, h, w), flat[offset:offset + n], *role))
             counters[kind] += 1
             offset += n
     return tuple(spans)

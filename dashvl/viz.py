@@ -67,8 +67,13 @@ def halted_overlay(trace: HaltTrace, picture: Image.Image, image: int = 0, layer
     Returns:
         RGB image, ``size`` px on its long side; thin lines mark the token grid.
     """
-    mask = trace.patch_mask(image=image, layer=layer, row=row)
-    return _tint_halted(mask, picture, crop=crop, size=size, frame=frame)
+    mask = trace.picture_mask(picture=image, layer=layer, row=row)
+    return _tint_halted(mask, picture, crop=_crop_of(trace, image, row, crop), size=size, frame=frame)
+
+
+def _crop_of(trace: HaltTrace, image: int, row: int, crop):
+    """A stitched "tiles" grid (LLaVA-NeXT) covers the whole picture, whatever the processor's centre crop."""
+    return None if trace.picture_span(image, row).role == "tiles" else crop
 
 
 def vision_overlay(vision, picture: Image.Image, image: int = 0, *, crop: float | None = None, size: int = 448,
@@ -112,7 +117,8 @@ def delta_heatmap(trace: HaltTrace, picture: Image.Image, image: int = 0, *, row
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
-    scores = trace.score_grid(image=image, row=row)
+    scores = trace.picture_scores(picture=image, row=row)
+    crop = _crop_of(trace, image, row, crop)
     _check_frame(scores, frame)
     grid = scores[frame].numpy()
     lo, hi = float(np.nanmin(grid)), float(np.nanmax(grid))

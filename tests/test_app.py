@@ -483,3 +483,18 @@ def test_browser_runs_an_example(server, tmp_path):
             driver.save_screenshot(str(ROOT / "docs" / "halting_viewer.png"))
     finally:
         driver.quit()
+
+
+def test_viewer_on_llava_next_draws_the_stitched_tiles():
+    """Each picture is drawn with its high-resolution grid (the newline column left out), over the whole picture."""
+    viewer = hv.Viewer(*dashvl.load_model("tiny-random-llava-next"), "tiny-random-llava-next")
+    result = viewer.run([SHAPES], GOOD["prompt"], 0.5, 1, "drop", "all", 4)
+    base, tiles = result.trace.spans
+    assert (base.role, tiles.role) == ("base", "tiles")
+    mask = result.trace.picture_mask(0)
+    assert mask.shape == (1, tiles.grid[1], tiles.grid[2] - 1)
+    assert len(overlays := hv.overlays(result, 3)) == 1 and isinstance(overlays[0][0], Image.Image)
+    assert f"{int(mask.sum())} of {mask.numel()} tokens halted" in overlays[0][1]
+    assert len(hv.heatmaps(result)) == 1
+    with pytest.raises(hv.InputError, match="vision"):
+        viewer.run([SHAPES], **GOOD, vision_ratio=0.5, vision_layer=0)

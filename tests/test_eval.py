@@ -215,3 +215,12 @@ def test_qwen3_vl_runs_through_the_qwen_bridge(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "comparison.md").read_text()
     assert "dash-0.5" in table and "baseline" in table
+
+
+def test_llava_next_runs_through_the_llava_bridge(tmp_path):
+    """LLaVA-NeXT (tiny, random weights) through dashvl's LLaVA bridge: its processor tiles the images."""
+    proc = run(RUN, "--model", "tiny-random-llava-next", "--tasks", "synth_mme", "--ratio", "0,0.5", "--layer", "1",
+               "--limit", "2", "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (tmp_path / "comparison.md").read_text()
+    assert "dash-0.5" in table and "baseline" in table

@@ -23,7 +23,7 @@ def _with_sequence(inputs, seq):
     return out
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llama", "gemma3_text", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llama", "gemma3_text", "qwen3_vl", "llava_next"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_beam_search_scores_match_reference(family, kv):
     model, _ = build(family)
@@ -75,7 +75,7 @@ def test_sampling_several_sequences_matches_reference(kv):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2_vl", "gemma3_text", "mistral-window", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl", "gemma3_text", "mistral-window", "qwen3_vl", "llava_next"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_second_turn_reuses_the_cache(family, kv):
     model, tok = build(family)
@@ -90,7 +90,7 @@ def test_second_turn_reuses_the_cache(family, kv):
         for t in torch.cat([first.sequences[0, inputs["input_ids"].shape[1]:], more[0]]):
             turn2 = extend(turn2, t.view(1))
         # the image is in the cache already: the second turn sends only ids (as a chat client would)
-        text_only = {k: v for k, v in turn2.items() if k not in ("pixel_values", "image_grid_thw")}
+        text_only = {k: v for k, v in turn2.items() if k not in ("pixel_values", "image_grid_thw", "image_sizes")}
         second = model.generate(**text_only, cache=first.past_key_values, max_new_tokens=4,
                                 do_sample=False, return_dict_in_generate=True, output_logits=True)
         # generate's cache holds all but the last generated token: turn 2's prefill starts with it

@@ -20,7 +20,7 @@ def _image_features(model, inputs):
         if "pixel_values_videos" in inputs:
             out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
         else:
-            keys = ("pixel_values", "image_grid_thw")
+            keys = ("pixel_values", "image_grid_thw", "image_sizes")
             out = model.model.get_image_features(**{k: inputs[k] for k in keys if k in inputs})
     return torch.cat(list(out.pooler_output))
 
@@ -132,7 +132,7 @@ class VisionReference:
             del ALL_ATTENTION_FUNCTIONS["dashvl_masked"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava-deep-vision"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava-deep-vision", "llava_next-deep-vision"])
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_vision_halting_matches_reference(family, ratio):
     model, _ = build(family)
@@ -166,7 +166,7 @@ def test_random_vision_halting_matches_reference(family):
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llava_next"])
 def test_vision_ratio_zero_and_nothing_halted_are_bitwise(family):
     model, _ = build(family)
     inputs = make_inputs(family, 3, 2)

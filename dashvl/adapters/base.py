@@ -15,7 +15,9 @@ __all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION", "FLASH_ATTENTION"]
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 SUPPORTED_ATTENTION = ("sdpa", "eager") + FLASH_ATTENTION
 
-ImageGrid = tuple  # (kind, t, h, w): kind "image" or "video", sizes in LLM tokens (after any merge)
+# (kind, t, h, w[, role]): kind "image" or "video", sizes in LLM tokens (after any merge); role as in
+# dashvl.trace.VisualSpan ("whole" when left out)
+ImageGrid = tuple
 
 
 class Adapter:
@@ -27,6 +29,7 @@ class Adapter:
 
     model_types: tuple[str, ...] = ()
     text_only = False  # a text LM: compress() takes its unset settings from dashvl.config.TEXT_DEFAULTS
+    tiled_images = False  # a picture enters the vision tower as several tiles (LLaVA-NeXT's anyres)
 
     def text_config(self, model: nn.Module):
         return model.config.get_text_config(decoder=True)
