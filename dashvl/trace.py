@@ -91,24 +91,25 @@ class HaltTrace:
 
     def span(self, image: int = 0, row: int = 0, kind: str = "image") -> VisualSpan:
         """The ``image``-th item of ``kind`` in batch row ``row``."""
-        items = [s for s in self.spans if s.row == row and s.kind == kind]
-        if not 0 <= image < len(items):
-            raise ValueError(f"row {row} has {len(items)} {kind}(s); asked for {kind} {image}")
-        return items[image]
+        return _pick([s for s in self.spans if s.row == row and s.kind == kind], image, row, kind)
+
+    def picture_spans(self, row: int = 0, kind: str = "image") -> list[VisualSpan]:
+        """One grid per picture of row ``row``, in order: its only grid, or LLaVA-NeXT's high-resolution
+        ``"tiles"`` grid (the finer of its two; the ``"base"`` one is left out)."""
+        return [s for s in self.spans if s.row == row and s.kind == kind and s.role != "base"]
+
+    def picture_span(self, picture: int = 0, row: int = 0, kind: str = "image") -> VisualSpan:
+        """The grid to draw over the ``picture``-th picture of row ``row`` (``picture_spans``)."""
+        return _pick(self.picture_spans(row, kind), picture, row, kind)
 
     def patch_mask(self, image: int = 0, layer: int | None = None, row: int = 0, kind: str = "image") -> torch.Tensor:
         """bool [t, h, w]: True where that image's token was halted at ``layer`` (default: the last layer)."""
-        span = self.span(image, row, kind)
-        layer = self.num_layers - 1 if layer is None else layer
-        return (~self.active_at(layer)[row, span.positions]).view(span.grid)
+        return self._halted_on(self.span(image, row, kind), layer, row)
 
-    def picture_span(self, picture: int = 0, row: int = 0, kind: str = "image") -> VisualSpan:
-        """The grid to draw over the ``picture``-th picture of row ``row``: its only grid, or LLaVA-NeXT's
-        high-resolution ``"tiles"`` grid (the finer of its two)."""
-        items = [s for s in self.spans if s.row == row and s.kind == kind and s.role != "base"]
-        if not 0 <= picture < len(items):
-            raise ValueError(f"row {row} has {len(items)} {kind}(s); asked for {kind} {picture}")
-        return items[picture]
+    def score_grid(self, image: int = 0, row: int = 0, kind: str = "image") -> torch.Tensor:
+        """float32 [t, h, w]: Δ of that image's tokens at l_s, on its grid."""
+        span = self.span(image, row, kind)
+        return self.scores[row, span.positions].view(span.grid)
 
     def picture_mask(self, picture: int = 0, layer: int | None = None, row: int = 0,
                      kind: str = "image") -> torch.Tensor:
@@ -116,20 +117,27 @@ class HaltTrace:
         newline column of a ``"tiles"`` grid. For families with one grid per picture it equals
         ``patch_mask(image=picture)``."""
         span = self.picture_span(picture, row, kind)
-        layer = self.num_layers - 1 if layer is None else layer
-        mask = (~self.active_at(layer)[row, span.positions]).view(span.grid)
-        return mask[..., :-1] if span.role == "tiles" else mask
+        return _without_newlines(span, self._halted_on(span, layer, row))
 
     def picture_scores(self, picture: int = 0, row: int = 0, kind: str = "image") -> torch.Tensor:
         """float32 [t, h, w]: ``score_grid`` of ``picture_span`` (without a ``"tiles"`` grid's newline column)."""
         span = self.picture_span(picture, row, kind)
-        grid = self.scores[row, span.positions].view(span.grid)
-        return grid[..., :-1] if span.role == "tiles" else grid
+        return _without_newlines(span, self.scores[row, span.positions].view(span.grid))
 
-    def score_grid(self, image: int = 0, row: int = 0, kind: str = "image") -> torch.Tensor:
-        """float32 [t, h, w]: Δ of that image's tokens at l_s, on its grid."""
-        span = self.span(image, row, kind)
-        return self.scores[row, span.positions].view(span.grid)
+    def _halted_on(self, span: VisualSpan, layer: int | None, row: int) -> torch.Tensor:
+        layer = self.num_layers - 1 if layer is None else layer
+        return (~self.active_at(layer)[row, span.positions]).view(span.grid)
+
+
+def _pick(items: list[VisualSpan], i: int, row: int, kind: str) -> VisualSpan:
+    if not 0 <= i < len(items):
+        raise ValueError(f"row {row} has {len(items)} {kind}(s); asked for {kind} {i}")
+    return items[i]
+
+
+def _without_newlines(span: VisualSpan, grid: torch.Tensor) -> torch.Tensor:
+    """A ``"tiles"`` grid's values over the picture: its last column holds the row-closing newline tokens."""
+    return grid[..., :-1] if span.role == "tiles" else grid
 
 
 def _kind_code(kind: str) -> int:

@@ -113,16 +113,14 @@ class LlavaNextAdapter(LlavaAdapter):
         return out
 
     def visual_grids(self, model, inputs, runs) -> list[list[ImageGrid]]:
-        if model.config.vision_feature_select_strategy != "default":
-            return [[] for _ in runs]
-        if "image_sizes" in inputs:
-            layouts = self.image_layouts(model, inputs["image_sizes"])
-        elif "image_features" in inputs:
-            layouts = self.layouts_from_features(model, inputs["image_features"])
-            if any(layout is None for layout in layouts):
-                return [[] for _ in runs]
-        else:
-            return [[] for _ in runs]
+        layouts = None
+        if model.config.vision_feature_select_strategy == "default":  # else CLS tokens stay in the sequence
+            if "image_sizes" in inputs:
+                layouts = self.image_layouts(model, inputs["image_sizes"])
+            elif "image_features" in inputs:
+                layouts = self.layouts_from_features(model, inputs["image_features"])
+        if layouts is None or None in layouts:
+            return [[] for _ in runs]  # no grid rather than a wrong one
         out, image = [], 0
         for row_runs in runs:
             items = []
