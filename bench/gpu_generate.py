@@ -235,9 +235,10 @@ def main(argv=None, **defaults):
                 results.append(dict(tokens=n, batch=B, cache=cache, rows=rows))
                 print(f"\n## {args.model} {args.mode}, {n} tokens, batch {B}, {cache} cache, {args.attn} "
                       f"(ms; × = speedup over unmodified)\n\n{markdown(rows, new_tokens)}", flush=True)
-    name = f"generate_{args.model}_{args.mode}_{args.device.split(':')[0]}_{args.attn}{args.tag}.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(dict(info=info, results=results), f, indent=1)
+                # written after every cell, so that a run cut by a time limit keeps what it measured
+                name = f"generate_{args.model}_{args.mode}_{args.device.split(':')[0]}_{args.attn}{args.tag}.json"
+                with open(os.path.join(args.out, name), "w") as f:
+                    json.dump(dict(info=info, results=results), f, indent=1)
     return results
 
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 __all__ = ["panels", "main"]
 
-METRICS = ("ttft", "step", "whole_32", "whole_128")
-LABELS = ("first token", "decode step", "whole 32", "whole 128")
 
 
 def _speedup(row: dict, metric: str) -> float:
@@ -25,6 +23,13 @@ def _speedup(row: dict, metric: str) -> float:
     if metric == "step" and value != value:
         value = row.get("per_token_speedup", float("nan"))
     return value
+
+
+def _metrics(row: dict) -> tuple[list[str], list[str]]:
+    """The metrics a file's rows carry: first token, decode step and each whole answer length it timed."""
+    whole = sorted((k for k in row if k.startswith("whole_") and not k.endswith("_speedup")),
+                   key=lambda k: int(k.split("_")[1]))
+    return ["ttft", "step"] + whole, ["first token", "decode step"] + [f"whole {k.split('_')[1]}" for k in whole]
 
 
 def panels(paths) -> list[tuple[str, list[dict]]]:
@@ -48,18 +53,27 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     items = panels(a.files)
-    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 3.8), squeeze=False)
-    for ax, (title, rows) in zip(axes[0], items):
-        settings = [r for r in rows if r["setting"] != "unmodified"]
+    cols = min(len(items), 4)
+    rows_n = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.8 * rows_n), squeeze=False)
+    for ax in axes.flat[len(items):]:
+        ax.axis("off")
+    for ax, (title, rows) in zip(axes.flat, items):
+        metrics, labels = _metrics(rows[0])
+        # every row but the first; a later "unmodified" row is the model against itself: the run's noise floor
+        settings = rows[1:]
         width = 0.8 / max(len(settings), 1)
         for i, r in enumerate(settings):
-            values = [_speedup(r, m) for m in METRICS]
-            ax.bar([j + i * width for j in range(len(METRICS))], values, width, label=r["setting"])
+            values = [_speedup(r, m) for m in metrics]
+            twin = r["setting"] == "unmodified"
+            ax.bar([j + i * width for j in range(len(metrics))], values, width,
+                   label="unmodified again (noise floor)" if twin else r["setting"],
+                   color="lightgrey" if twin else None, edgecolor="grey" if twin else None)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(METRICS))], LABELS, fontsize=8)
+        ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(metrics))], labels, fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("× over unmodified (higher is faster)")
-    axes[0][0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     print(a.out)

@@ -84,7 +84,12 @@ class DashConfig:
 
         Raises ValueError when it is not in [0, num_layers - 2] (at least one layer must run above it).
         """
-        return _resolve("layer", self.layer, num_layers, "decoder layers")
+        layer = _resolve("layer", self.layer, num_layers, "decoder layers")
+        low = getattr(methods.REGISTRY.get(self.method), "min_layer", 0)
+        if layer < low:
+            raise ValueError(f"method {self.method!r} needs layer >= {low} (it reads what layer {low - 1} changed); "
+                             f"got layer {self.layer!r} (= {layer})")
+        return layer
 
     def resolve_vision_layer(self, num_blocks: int) -> int:
         """The vision block v_s for a tower of ``num_blocks`` blocks (ValueError outside [0, num_blocks - 2])."""

@@ -42,7 +42,7 @@ __all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL
 # lmms-eval model id -> class name in this module
 MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
 _FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "qwen3_vl": "dashvl_qwen2_vl",
-                    "llava": "dashvl_llava", "llava_next": "dashvl_llava"}
+                    "llava": "dashvl_llava", "llava_next": "dashvl_llava", "llava_onevision": "dashvl_llava"}
 
 
 EvalSetting = Setting  # its name here before dashvl.setting existed

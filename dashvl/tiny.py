@@ -10,7 +10,8 @@ import functools
 
 import torch
 
-__all__ = ["tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_llava", "tiny_decoder", "train_tokenizer", "sample_image"]
+__all__ = ["tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_llava", "tiny_llava_next", "tiny_llava_onevision", "tiny_decoder",
+           "train_tokenizer", "sample_image"]
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
@@ -211,6 +212,44 @@ def tiny_llava_next(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, s
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA_CHAT_TEMPLATE)
+    return model, processor
+
+
+def tiny_llava_onevision(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0,
+                         init_std: float = 0.2, image_size: int = 56, vision_layers: int = 2):
+    """A tiny LLaVA-OneVision (SigLIP tower, anyres tiling over 1x2, 2x1 and 2x2 tiles with "anyres_max_9"
+    downsampling, image-newline embedding, Qwen2 text model) and its processor, which takes images and videos: an
+    image is a base tile plus its stitched, unpadded grid with a newline per row; a video its frames' 2x2-pooled
+    grids and one newline."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
+                              SiglipVisionConfig)
+    from transformers.models.auto import CONFIG_MAPPING
+
+    tok = train_tokenizer("llava")
+    tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    text = CONFIG_MAPPING["qwen2"](
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                                num_attention_heads=2, image_size=image_size, patch_size=14)
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                                  image_token_index=tok.convert_tokens_to_ids("<image>"),
+                                  video_token_index=tok.convert_tokens_to_ids("<video>"),
+                                  vision_feature_select_strategy="full", vision_feature_layer=-1,
+                                  image_grid_pinpoints=pinpoints, vision_aspect_ratio="anyres_max_9",
+                                  initializer_range=init_std, tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    size = {"height": image_size, "width": image_size}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints), tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(size=size), num_image_tokens=(image_size // 14) ** 2,
+        vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE)
     return model, processor
 
 

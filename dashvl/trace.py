@@ -169,6 +169,9 @@ def build_spans(kinds: torch.Tensor, grids_per_row: list[list[tuple]]) -> tuple[
         offset, counters = 0, {"image": 0, "video": 0}
         for kind, t, h, w, *role in grids_per_row[row]:  # role: see VisualSpan (default "whole")
             n = t * h * w
+            if kind is None:  # visual tokens that belong to no grid (a video's closing newline)
+                offset += n
+                continue
             spans.append(VisualSpan(row, kind, counters[kind], (t, h, w), flat[offset:offset + n], *role))
             counters[kind] += 1
             offset += n

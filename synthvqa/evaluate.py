@@ -13,9 +13,10 @@ __all__ = ["evaluate"]
 
 @torch.no_grad()
 def evaluate(model, processor, per_family: int, batch: int = 250, workers: int = 4, device: str = "cpu",
-             log=print, every_answer: bool = False) -> dict:
+             log=print, every_answer: bool = False, on_batch=None) -> dict:
     """Greedy answers to ``per_family`` test questions of every family: accuracy per family and examples (the first
-    24 and up to 36 wrong ones; with ``every_answer``, all)."""
+    24 and up to 36 wrong ones; with ``every_answer``, all). ``on_batch(inputs)``: called after each batch's
+    generate (e.g. to read a compressed model's trace of that prefill)."""
     samples_ds = _TestSamples(per_family)
     loader = torch.utils.data.DataLoader(samples_ds, batch_size=batch, num_workers=workers, collate_fn=list,
                                          worker_init_fn=worker_init)
@@ -27,6 +28,8 @@ def evaluate(model, processor, per_family: int, batch: int = 250, workers: int =
         enc = processor(text=[prompt_for(processor, s.question) for s in samples], images=[s.image for s in samples],
                         return_tensors="pt", padding=True).to(device)
         out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+        if on_batch is not None:
+            on_batch(enc)
         texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for s, t in zip(samples, texts):
             ok = synth.is_correct(t, s.answers)

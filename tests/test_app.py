@@ -242,7 +242,7 @@ def test_viewer_on_llava_two_images():
     (dict(scope="pixels"), r"scope must be one of \('all', 'vision', 'text'\)"),
     (dict(max_new_tokens=0), r"max new tokens must be in \[1, 64\]"),
     (dict(max_new_tokens=None), "max new tokens must be a whole number"),
-    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'downsample'\)"),
+    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'divprune', 'v2drop', 'downsample'\)"),
 ])
 def test_bad_settings_are_refused_with_the_allowed_range(change, message):
     args = {**GOOD, **change}
@@ -485,9 +485,10 @@ def test_browser_runs_an_example(server, tmp_path):
         driver.quit()
 
 
-def test_viewer_on_llava_next_draws_the_stitched_tiles():
+@pytest.mark.parametrize("name", ["tiny-random-llava-next", "tiny-random-llava-onevision"])
+def test_viewer_on_tiled_llava_models_draws_the_stitched_tiles(name):
     """Each picture is drawn with its high-resolution grid (the newline column left out), over the whole picture."""
-    viewer = hv.Viewer(*dashvl.load_model("tiny-random-llava-next"), "tiny-random-llava-next")
+    viewer = hv.Viewer(*dashvl.load_model(name), name)
     result = viewer.run([SHAPES], GOOD["prompt"], 0.5, 1, "drop", "all", 4)
     base, tiles = result.trace.spans
     assert (base.role, tiles.role) == ("base", "tiles")

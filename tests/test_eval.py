@@ -217,9 +217,11 @@ def test_qwen3_vl_runs_through_the_qwen_bridge(tmp_path):
     assert "dash-0.5" in table and "baseline" in table
 
 
-def test_llava_next_runs_through_the_llava_bridge(tmp_path):
-    """LLaVA-NeXT (tiny, random weights) through dashvl's LLaVA bridge: its processor tiles the images."""
-    proc = run(RUN, "--model", "tiny-random-llava-next", "--tasks", "synth_mme", "--ratio", "0,0.5", "--layer", "1",
+@pytest.mark.parametrize("name", ["tiny-random-llava-next", "tiny-random-llava-onevision"])
+def test_tiled_llava_models_run_through_the_llava_bridge(tmp_path, name):
+    """LLaVA-NeXT and LLaVA-OneVision (tiny, random weights) through dashvl's LLaVA bridge: their processors tile
+    the images."""
+    proc = run(RUN, "--model", name, "--tasks", "synth_mme", "--ratio", "0,0.5", "--layer", "1",
                "--limit", "2", "--output", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "comparison.md").read_text()

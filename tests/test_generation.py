@@ -23,7 +23,8 @@ def _with_sequence(inputs, seq):
     return out
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llama", "gemma3_text", "qwen3_vl", "llava_next"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llama", "gemma3_text", "qwen3_vl", "llava_next",
+                                    "llava_onevision"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_beam_search_scores_match_reference(family, kv):
     model, _ = build(family)
@@ -75,7 +76,8 @@ def test_sampling_several_sequences_matches_reference(kv):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2_vl", "gemma3_text", "mistral-window", "qwen3_vl", "llava_next"])
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl", "gemma3_text", "mistral-window", "qwen3_vl", "llava_next",
+                                    "llava_onevision"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_second_turn_reuses_the_cache(family, kv):
     model, tok = build(family)

@@ -19,10 +19,10 @@ import torch
 
 import dashvl
 from dashvl import methods
-from tests.helpers import (Reference, assert_same_generation, build, dash_avg_reference, make_inputs, rank_fractions,
-                           record_updates, reference_halted, visual_kinds)
+from tests.helpers import (Reference, assert_same_generation, build, dash_avg_reference, layers_of, make_inputs,
+                           rank_fractions, record_updates, reference_halted, visual_kinds)
 
-BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava-mistral", "llava-qwen2", "llama", "qwen2",
+BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "llava-mistral", "llava-qwen2", "llama", "qwen2",
              "mistral", "mistral-window", "gemma3_text")
 TEXT_ONLY = ("llama", "qwen2", "mistral", "mistral-window", "gemma3_text")
 LAYER, RATIO, SEED, STEPS = 1, 0.5, 7, 3
@@ -100,6 +100,56 @@ def _averaged_and_window(model, family, inputs):
     return mixed.masked_fill((avg == KEEP) | (snap == KEEP), KEEP)
 
 
+@torch.no_grad()
+def _layer_inputs(model, inputs):
+    """The residual stream entering decoder layers LAYER - 1 and LAYER in the prompt's call of an unmodified
+    greedy generate() (pre-hooks; the same call path as dashvl's below, so that a greedy diversity order, which
+    float rounding near a tie can flip, sees the same numbers)."""
+    got = {}
+    layers = layers_of(model)
+    def keep(i):
+        def hook(module, args, kwargs):
+            got.setdefault(i, (args[0] if args else kwargs["hidden_states"]).float())
+        return hook
+
+    hooks = [layers[i].register_forward_pre_hook(keep(i), with_kwargs=True) for i in (LAYER - 1, LAYER)]
+    try:
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got[LAYER - 1], got[LAYER]
+
+
+def _greedy_diversity(model, family, inputs):
+    """DivPrune's greedy max-min selection, a loop per row over the eligible tokens of the residual stream entering
+    l_s (cosine distance): score = how many eligible tokens are picked after it; other tokens KEEP."""
+    x = torch.nn.functional.normalize(_layer_inputs(model, inputs)[1], dim=-1)
+    dist = 1.0 - x @ x.transpose(1, 2)
+    real = inputs["attention_mask"].bool()
+    kinds = visual_kinds(model, inputs["input_ids"])
+    scope = _scope("divprune", family)
+    out = torch.full(real.shape, KEEP)
+    for b in range(real.shape[0]):
+        pos = [t for t in range(real.shape[1]) if real[b, t]]
+        cand = [t for t in pos[:-1] if scope == "all" or (scope == "vision") == bool(kinds[b, t])]
+        picked = []
+        while len(picked) < len(cand):
+            def reach(t):
+                others = [u for u in cand if u != t] if not picked else picked
+                return min((float(dist[b, t, u]) for u in others), default=2.0)
+            best = max((t for t in cand if t not in picked), key=lambda t: (reach(t), -t))
+            picked.append(best)
+        for rank, t in enumerate(picked):
+            out[b, t] = len(cand) - rank
+    return out
+
+
+def _block_variation(model, family, inputs):
+    below, at = _layer_inputs(model, inputs)
+    return (at - below).norm(dim=-1)
+
+
 SCORES = {
     "dash": _delta,
     "random": _uniform,
@@ -109,6 +159,8 @@ SCORES = {
     "dash-avg": _delta_averaged,
     "dash-snap": _averaged_and_window,
     "dash-sinks": _delta_sinks_kept,
+    "divprune": _greedy_diversity,
+    "v2drop": _block_variation,
 }
 
 

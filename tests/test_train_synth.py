@@ -129,3 +129,40 @@ def test_existence_errors_refuses_no_questions(capsys):
     with pytest.raises(SystemExit):
         main(["--n", "0"])
     assert "--n must be a positive number of questions; got 0" in capsys.readouterr().err
+
+
+def test_text_items_mix_into_image_batches():
+    """--text-every: a plain text chat (no image) in a batch of image chats; loss only on its answer, and the packed
+    training forward still equals the stock one (M-RoPE positions of a text row: one index for all three axes)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(QWEN)
+    tok = proc.tokenizer
+    prompt = tok("<|im_start|>user\nWhat shape is it?<|im_end|>\n<|im_start|>assistant\n",
+                 add_special_tokens=False).input_ids
+    answer = tok("circle", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    ds = TrainStream(proc, length=20, turns=2, positions=True, text_items=[(prompt, answer)], text_every=3)
+    text = ds[2]
+    assert "pixel_values" not in text and text["input_ids"].tolist() == prompt + answer
+    assert text["labels"].tolist() == [-100] * len(prompt) + answer and len(text["cell_labels"]) == 0
+    batch = collate([ds[i] for i in (1, 2, 3)], tok.pad_token_id)
+    assert batch["image_grid_thw"].shape[0] == 2 and (batch["cell_image"] != 1).all()
+    stock = AutoModelForImageTextToText.from_pretrained(QWEN, dtype=torch.float32)
+    stock.config._attn_implementation = "sdpa"
+    fast = copy.deepcopy(stock)
+    use_packed_vision_attention(fast)
+    plain = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image", "position_ids",
+                                                          "vision_position_ids", "cu_seqlens", "max_seqlen")}
+    want = stock(**plain)
+    packed = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image")}
+    packed["max_seqlen"] = int(packed["max_seqlen"])
+    got = qwen_fast_forward(fast, packed, batch["image_grid_thw"])
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
+
+
+def test_text_questions_are_seeded_distinct_and_leave_the_check_out():
+    from synthvqa.train.smol import TEXT_QUESTIONS, text_questions
+    qs = text_questions(120)
+    assert qs == text_questions(120) and qs != text_questions(120, seed=1)
+    assert len(set(qs)) == 120 and not set(qs) & set(TEXT_QUESTIONS)

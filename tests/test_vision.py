@@ -67,8 +67,9 @@ class VisionReference:
             else:
                 halted = torch.zeros(u.shape, dtype=torch.bool)
                 for b in range(u.shape[0]):
-                    k = int(self.ratio * (u.shape[1] - 1) + 1e-9)
-                    order = sorted(range(1, u.shape[1]), key=lambda i: (float(u[b, i]), i))[:k]
+                    first = 0 if self.family == "llava_onevision" else 1  # SigLIP has no CLS token to keep
+                    k = int(self.ratio * (u.shape[1] - first) + 1e-9)
+                    order = sorted(range(first, u.shape[1]), key=lambda i: (float(u[b, i]), i))[:k]
                     halted[b, order] = True
             state["halted"] = halted
 
@@ -132,7 +133,8 @@ class VisionReference:
             del ALL_ATTENTION_FUNCTIONS["dashvl_masked"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava-deep-vision", "llava_next-deep-vision"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava-deep-vision", "llava_next-deep-vision",
+                                    "llava_onevision"])
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_vision_halting_matches_reference(family, ratio):
     model, _ = build(family)
@@ -166,7 +168,7 @@ def test_random_vision_halting_matches_reference(family):
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llava_next"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llava_next", "llava_onevision"])
 def test_vision_ratio_zero_and_nothing_halted_are_bitwise(family):
     model, _ = build(family)
     inputs = make_inputs(family, 3, 2)

@@ -6,14 +6,15 @@ from torch import nn
 from .base import FLASH_ATTENTION, SUPPORTED_ATTENTION, Adapter
 from .decoder import DecoderAdapter
 from .gemma3 import Gemma3TextAdapter
-from .llava import LlavaAdapter, LlavaNextAdapter
+from .llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
 
 __all__ = ["Adapter", "adapter_for", "SUPPORTED_MODEL_TYPES", "SUPPORTED_ATTENTION", "FLASH_ATTENTION"]
 
 _ADAPTERS: dict[str, Adapter] = {}
-for _adapter in (Qwen2VLAdapter(), Qwen3VLAdapter(), LlavaAdapter(), LlavaNextAdapter(), DecoderAdapter(), Gemma3TextAdapter()):
+for _adapter in (Qwen2VLAdapter(), Qwen3VLAdapter(), LlavaAdapter(), LlavaNextAdapter(), LlavaOnevisionAdapter(),
+                 DecoderAdapter(), Gemma3TextAdapter()):
     for _model_type in _adapter.model_types:
         _ADAPTERS[_model_type] = _adapter
 

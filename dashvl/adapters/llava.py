@@ -112,29 +112,97 @@ class LlavaNextAdapter(LlavaAdapter):
             out.append(((1, side, side), (1, h, w + 1)))
         return out
 
+    feature_strategy = "default"  # the vision_feature_select_strategy whose tokens are all patches
+
+    def _layouts(self, model, inputs):
+        """Per image, its (base, tiles) grids, or None when they cannot be known."""
+        if model.config.vision_feature_select_strategy != self.feature_strategy:
+            return None  # CLS tokens stay in the sequence
+        if "image_sizes" in inputs:
+            return self.image_layouts(model, inputs["image_sizes"])
+        if "image_features" in inputs:
+            return self.layouts_from_features(model, inputs["image_features"])
+        return None
+
+    def run_items(self, model, kind: str, n: int, layouts, image: int):
+        """The grids of one run of ``n`` visual tokens (adjacent images share a run) from ``layouts[image:]``, and
+        the next image's index; None when the layouts do not account for exactly ``n`` tokens."""
+        if kind != "image" or layouts is None or None in layouts:
+            return None
+        items = []
+        while n > 0 and image < len(layouts):
+            base, tiles = layouts[image]
+            count = math.prod(base) + math.prod(tiles)
+            if count > n:
+                break
+            items += [("image",) + base + ("base",), ("image",) + tiles + ("tiles",)]
+            n -= count
+            image += 1
+        return (items, image) if n == 0 else None
+
     def visual_grids(self, model, inputs, runs) -> list[list[ImageGrid]]:
-        layouts = None
-        if model.config.vision_feature_select_strategy == "default":  # else CLS tokens stay in the sequence
-            if "image_sizes" in inputs:
-                layouts = self.image_layouts(model, inputs["image_sizes"])
-            elif "image_features" in inputs:
-                layouts = self.layouts_from_features(model, inputs["image_features"])
-        if layouts is None or None in layouts:
-            return [[] for _ in runs]  # no grid rather than a wrong one
+        layouts = self._layouts(model, inputs) if any(k == "image" for row in runs for k, _, _ in row) else []
         out, image = [], 0
         for row_runs in runs:
             items = []
-            for _, _, n in row_runs:
-                while n > 0 and image < len(layouts):  # adjacent images share one run of image tokens
-                    base, tiles = layouts[image]
-                    count = math.prod(base) + math.prod(tiles)
-                    if count > n:
-                        break
-                    items += [("image",) + base + ("base",), ("image",) + tiles + ("tiles",)]
-                    n -= count
-                    image += 1
-                if n:  # tokens the layouts do not account for: no grid rather than a wrong one
+            for kind, _, n in row_runs:
+                got = self.run_items(model, kind, n, layouts, image)
+                if got is None:  # tokens the layouts do not account for: no grid rather than a wrong one
                     items = []
                     break
+                run, image = got
+                items += run
             out.append(items)
         return out
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): LLaVA-NeXT's image layout (base tile, then the
+    stitched, unpadded tiles row by row with a newline closing each row) with "anyres_max" downsampling of a large
+    stitched grid, a SigLIP tower (all its patch tokens: no CLS) and a Qwen2 text model; and videos: each frame's
+    patch grid pooled 2x2, the frames back to back, one newline after the last. The trace shows a video as a grid
+    [frames, h, w] (its closing newline token belongs to no grid)."""
+
+    model_types = ("llava_onevision",)
+    feature_strategy = "full"
+
+    def video_token_id(self, model):
+        return model.config.video_token_id
+
+    def vision_spec(self, model):
+        from ..vision import VisionSpec
+        tower = self.vision_tower(model)
+        if getattr(tower.config, "model_type", None) != "siglip_vision_model":
+            raise ValueError(f"halting inside LLaVA-OneVision's vision tower supports SigLIP towers; this one is "
+                             f"{tower.config.model_type!r}: use vision_ratio=0")
+        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+        return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn", layout="batched", prefix=0)
+
+    def image_layouts(self, model, image_sizes) -> list[tuple[tuple, tuple]]:
+        """Per image: the base grid and the stitched grid with its newline column, as transformers packs them
+        (its own ``pack_image_features`` on zero features, whose newline tokens give each grid)."""
+        vision = model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        width = model.model.image_newline.shape[-1]
+        out = []
+        for size in image_sizes.tolist():
+            from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+            rows, cols = get_anyres_image_grid_shape(size, model.config.image_grid_pinpoints, vision.image_size)
+            zeros = torch.zeros(1 + rows * cols, side * side, width, dtype=model.model.image_newline.dtype,
+                                device=model.model.image_newline.device)
+            packed, _ = model.model.pack_image_features([zeros], torch.tensor([size]),
+                                                        image_newline=model.model.image_newline,
+                                                        vision_aspect_ratio=model.config.vision_aspect_ratio)
+            packed = packed if torch.is_tensor(packed) else torch.cat(list(packed))
+            out.append(self.layouts_from_features(model, [packed])[0])
+        return out
+
+    def run_items(self, model, kind, n, layouts, image):
+        if kind != "video":
+            return super().run_items(model, kind, n, layouts, image)
+        vision = model.config.vision_config
+        pooled = math.ceil(vision.image_size // vision.patch_size / 2)  # transformers' 2x2 bilinear pooling
+        if n < 2 or (n - 1) % (pooled * pooled):
+            return None
+        # the frames' pooled grids, then the closing newline, which no grid shows
+        return [("video", (n - 1) // (pooled * pooled), pooled, pooled), (None, 1, 1, 1)], image

@@ -96,6 +96,11 @@ class CallFlow:
             if self.method.needs_history else []
         self._history_hooks: list = []
         self._history_sum = None
+        # methods that read the residual stream entering layer l_s (and layer l_s - 1): pre-hooks during prompts
+        reads = self.method.needs_layer_input or self.method.needs_block_update
+        self._input_layers = ([decoder_layers[handle.layer]] if reads else []) + \
+            ([decoder_layers[handle.layer - 1]] if self.method.needs_block_update and handle.layer > 0 else [])
+        self._inputs: dict = {}
         # one call at a time: the state above is the call's own; a call from another thread meanwhile is refused
         self._owner_lock = threading.Lock()
         self._owner: int | None = None
@@ -136,6 +141,7 @@ class CallFlow:
         while self._history_hooks:
             self._history_hooks.pop().remove()
         self._history_sum = None
+        self._inputs = {}
 
     def _new_plan(self, args, kwargs, grid_inputs) -> CallPlan | None:
         return plan_call(self.config, args, kwargs, grid_inputs, self.token_kinds, self.halted_kv)
@@ -193,6 +199,8 @@ class CallFlow:
                                                                             with_kwargs=True, prepend=True)
             self._history_hooks = [a.register_forward_hook(self.on_history_attention)
                                    for a in self._history_attentions]
+            self._history_hooks += [layer.register_forward_pre_hook(self.on_layer_input, with_kwargs=True)
+                                    for layer in self._input_layers]
         if self.short_layers is not None and (plan.num_halted is not None or plan.layout is not None):
             width = self._graph_width(plan, kwargs)
             if width is not None:
@@ -280,6 +288,11 @@ class CallFlow:
         scaled = policy.scaled_delta(output[0] if isinstance(output, tuple) else output, plan.real)
         self._history_sum = scaled if self._history_sum is None else self._history_sum + scaled
 
+    def on_layer_input(self, module, args, kwargs):
+        """Layer l_s or l_s - 1 during a prompt: the residual stream it receives (``needs_layer_input`` /
+        ``needs_block_update``)."""
+        self._inputs[module] = args[0] if args else kwargs["hidden_states"]
+
     def on_activation_attention(self, module, args, kwargs, output):
         plan = self.plan
         if plan is None or plan.length <= 1:
@@ -292,9 +305,14 @@ class CallFlow:
             history = policy.scaled_delta(update, plan.real)
             if self._history_sum is not None:
                 history = (history + self._history_sum) / (len(self._history_attentions) + 1)
+        layer_input = self._inputs.get(self.decoder_layers[self.first_halted - 1])
+        below = self._inputs.get(self.decoder_layers[self.first_halted - 2]) if self.first_halted > 1 else None
+        block_update = layer_input - below if self.method.needs_block_update and below is not None else None
         plan.select(self.method.score(ScoreContext(module, update, hidden, cos, sin, plan.real,
                                                    self.config.seed, self.adapter, history,
-                                                   self.activation_window)))
+                                                   self.activation_window, plan.eligible,
+                                                   layer_input if self.method.needs_layer_input else None,
+                                                   block_update)))
         self.prefills += 1
         active = plan.active if plan.active is not None else plan.real
         self.trace_parts = TraceParts(plan.scores, active, plan.kinds, plan.token_ids, plan.grid_inputs,

@@ -63,6 +63,7 @@ from ..evaluate import evaluate
 from .architectures import NAMES
 from .card import save_and_pack
 from .loop import train
+from .smol import COMPOSED_NAMES, save_composed, text_check
 
 
 def main(argv=None):
@@ -97,6 +98,13 @@ def main(argv=None):
                          "workers; the same numbers)")
     ap.add_argument("--log-every", type=int, default=1, help="with --steps: log every this many steps")
     ap.add_argument("--init", help="start from this model folder instead of random weights")
+    ap.add_argument("--vision-init", help="composed models: a safetensors file with the toy's vision tower "
+                    "(default: the bundled toy's model.safetensors)")
+    ap.add_argument("--text-every", type=int, default=0, help="composed models: every N-th training item is a "
+                    "plain text chat answered as the pretrained LM answers it (0: none)")
+    ap.add_argument("--text-questions", type=int, default=240, help="composed models: how many text prompts")
+    ap.add_argument("--lora-rank", type=int, default=8, help="composed models: rank of the LM's LoRA updates "
+                    "(0: the LM frozen, only the vision side trains)")
     ap.add_argument("--eval-per-family", type=int, default=500)
     ap.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU smoke test")
     ap.add_argument("--pack", action="store_true", help="also write OUT/<name>.safetensors and OUT/<name>.tar")
@@ -112,7 +120,11 @@ def main(argv=None):
         print(f"[{args.model}] {msg}", flush=True)
 
     run = train(args.model, args, log=log)
-    save_and_pack(args.model, run, None, args, log=log)  # the weights first, in case evaluation runs out of time
+    composed = args.model in COMPOSED_NAMES
+    save = save_composed if composed else save_and_pack
+    if composed:
+        run["text_check"] = text_check(run["model"], run["processor"], run["device"], log)
+    save(args.model, run, None, args, log=log)  # the weights first, in case evaluation runs out of time
     result, err = None, None
     if args.eval_per_family <= 0:
         return
@@ -123,7 +135,7 @@ def main(argv=None):
     except Exception as e:  # keep the trained weights; the error is raised again below
         err = e
         log("evaluation failed:\n" + traceback.format_exc())
-    save_and_pack(args.model, run, result, args, log=log)
+    save(args.model, run, result, args, log=log)
     if err is not None:
         raise err
 

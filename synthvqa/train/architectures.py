@@ -9,7 +9,7 @@ from .tokenizer import QWEN_CHAT_TEMPLATE, LLAVA_CHAT_TEMPLATE, train_tokenizer
 
 __all__ = ["NAMES", "BUILDERS", "build_qwen2_vl_synth", "build_llava_synth"]
 
-NAMES = ("qwen2-vl-synth", "llava-synth")
+NAMES = ("qwen2-vl-synth", "llava-synth", "qwen2-vl-smollm2", "llava-smollm2")  # the last two: see .smol
 
 
 

@@ -17,8 +17,12 @@ class TrainStream(torch.utils.data.Dataset):
     also ``position_ids``: the M-RoPE indices ``get_rope_index`` would compute for it, here in the data worker."""
 
     def __init__(self, processor, length: int, turns: int = 4, seed_offset: int = 0, round_=ROUND,
-                 positions: bool = False, hard_no: float = 0.0):
+                 positions: bool = False, hard_no: float = 0.0, text_items=None, text_every: int = 0):
         self.processor, self.length, self.offset, self.turns = processor, length, seed_offset, turns
+        # text-only chats (prompt ids, answer ids) mixed in every ``text_every``-th item: the composed models keep
+        # answering plain text as their pretrained LM does (its own answers, see synthvqa.train.smol.text_bank)
+        self.text_items, self.text_every = text_items or [], text_every if text_items else 0
+        self.mm_types = type(processor).__name__.startswith("Qwen")  # its processor marks tokens by modality
         self.hard_no = hard_no
         self.round = tuple(round_)
         self.per_round = {f: self.round.count(f) for f in synth.FAMILIES}
@@ -43,8 +47,21 @@ class TrainStream(torch.utils.data.Dataset):
             q += synth.LMMS_POST_PROMPT
         return q
 
+    def _text_item(self, i):
+        prompt, answer = self.text_items[i % len(self.text_items)]
+        ids = torch.tensor(prompt + answer)
+        labels = torch.tensor([-100] * len(prompt) + answer)
+        item = {"input_ids": ids, "labels": labels, "cell_labels": torch.zeros(0, 4, dtype=torch.long)}
+        if self.mm_types:
+            item["mm_token_type_ids"] = torch.zeros(len(ids), dtype=torch.long)
+        if self.positions:
+            item["position_ids"] = torch.arange(len(ids))[None].expand(3, -1).clone()
+        return item
+
     def __getitem__(self, i):
         import random
+        if self.text_every and i % self.text_every == self.text_every - 1:
+            return self._text_item(i // self.text_every)
         i += self.offset
         r, j = divmod(i, len(self.round))
         family = self.round[j]
@@ -110,6 +127,7 @@ def collate(items, pad_id: int, merge_size: int = 2):
     n = max(len(it["input_ids"]) for it in items)
     out = {"input_ids": torch.full((len(items), n), pad_id), "attention_mask": torch.zeros(len(items), n, dtype=torch.long),
            "labels": torch.full((len(items), n), -100)}
+    visual = [it for it in items if "pixel_values" in it]  # text-only items carry no image
     if "mm_token_type_ids" in items[0]:
         out["mm_token_type_ids"] = torch.zeros(len(items), n, dtype=torch.long)
     if "position_ids" in items[0]:
@@ -123,12 +141,12 @@ def collate(items, pad_id: int, merge_size: int = 2):
             out["mm_token_type_ids"][b, :m] = it["mm_token_type_ids"]
         if "position_ids" in it:
             out["position_ids"][:, b, :m] = it["position_ids"]
-    out["pixel_values"] = torch.cat([it["pixel_values"] for it in items])
+    out["pixel_values"] = torch.cat([it["pixel_values"] for it in visual])
     out["cell_labels"] = torch.cat([it["cell_labels"] for it in items])
     out["cell_image"] = torch.cat([torch.full((len(it["cell_labels"]),), b) for b, it in enumerate(items)])
-    if "image_grid_thw" in items[0]:
-        out["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items])
-    if "position_ids" in items[0]:
+    if "image_grid_thw" in visual[0]:
+        out["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in visual])
+    if "position_ids" in items[0] and "image_grid_thw" in out:
         from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
         grid = out["image_grid_thw"]
         out["vision_position_ids"] = get_vision_position_ids(grid, merge_size)

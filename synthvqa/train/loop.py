@@ -12,6 +12,7 @@ from .data import TrainStream, collate_with, worker_init
 from .fast_qwen import qwen_fast_forward, use_packed_vision_attention
 from .labels import AUX_CLASSES, N_LETTERS
 from .questions import parse_mix
+from .smol import COMPOSED_NAMES, build_composed, text_bank, text_questions
 
 __all__ = ["train"]
 
@@ -31,7 +32,10 @@ def _masked_mean_ce(logits, target, mask):
 def train(name: str, args, log=print) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
-    if args.init:
+    if name in COMPOSED_NAMES:  # SmolLM2 + a toy's vision tower, LoRA on the LM (synthvqa.train.smol)
+        model, processor = build_composed(name, args.vision_init, rank=args.lora_rank, seed=args.seed,
+                                          lora=args.lora_rank > 0)
+    elif args.init:
         from transformers import AutoModelForImageTextToText, AutoProcessor
         model = AutoModelForImageTextToText.from_pretrained(args.init, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(args.init)
@@ -44,14 +48,20 @@ def train(name: str, args, log=print) -> dict:
         use_packed_vision_attention(model)
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     round_ = parse_mix(args.mix)
-    log(f"{name}: {n_params / 1e6:.2f} M parameters, vocab {len(processor.tokenizer)}, device {device}; mix per round "
+    log(f"{name}: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), vocab "
+        f"{len(processor.tokenizer)}, device {device}; mix per round "
         + ", ".join(f"{f} {round_.count(f)}" for f in synth.FAMILIES) + ("; packed vision attention" if fast else "")
         + (f"; hard No questions {args.hard_no}" if args.hard_no else "")
         + (f"; shape auxiliary weight {args.aux_shape}" if args.aux_shape != 1 else ""))
     max_steps = args.steps or 10 ** 7
+    bank = None
+    if name in COMPOSED_NAMES and args.text_every:  # the LM's own answers to text prompts, before it is trained
+        bank = text_bank(model, processor, device, text_questions(args.text_questions))
+        log(f"text bank: {len(bank)} of the LM's own answers, one training item in {args.text_every}")
     ds = TrainStream(processor, length=max_steps * args.batch, turns=args.turns, round_=round_, positions=fast,
-                     hard_no=args.hard_no)
+                     hard_no=args.hard_no, text_items=bank, text_every=args.text_every)
     # Auxiliary losses (training only, not saved): a linear probe on the visual tokens the LLM receives predicts
     # the colour, shape and word under each token's cell, so that the vision tower learns from the first steps;
     # with --aux-word also the letter under each word cell, and the word from the mean of its cells' tokens.
@@ -68,8 +78,8 @@ def train(name: str, args, log=print) -> dict:
                                          worker_init_fn=worker_init, pin_memory=device == "cuda",
                                          prefetch_factor=6 if args.workers else None,
                                          persistent_workers=False)
-    named = (list(model.named_parameters()) + list(aux_head.named_parameters(prefix="aux"))
-             + list(word_head.named_parameters(prefix="aux_word")))
+    named = [(n, p) for n, p in (list(model.named_parameters()) + list(aux_head.named_parameters(prefix="aux"))
+                                 + list(word_head.named_parameters(prefix="aux_word"))) if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
