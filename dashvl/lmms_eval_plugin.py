@@ -60,12 +60,15 @@ def manifests():
 
 def model_id_for(pretrained: str) -> str:
     """``dashvl_qwen2_vl`` or ``dashvl_llava`` for a bundled name, tiny-random name, local folder or hub id."""
+    from .composed import COMPOSED
     from .models import BUNDLED, TINY_RANDOM
 
     name = str(pretrained)
-    if name in TINY_RANDOM:
-        return "dashvl_llava" if "llava" in name else "dashvl_qwen2_vl"
-    if name in BUNDLED:
+    if name in TINY_RANDOM:  # tiny-random-<model type, dashes for underscores>
+        model_type = name[len("tiny-random-"):].replace("-", "_")
+    elif name in COMPOSED:
+        model_type = COMPOSED[name].family
+    elif name in BUNDLED:
         config = BUNDLED[name] / "config.json"
         if not config.exists():
             raise FileNotFoundError(f"bundled model {name!r} is missing at {config.parent}; use one of {TINY_RANDOM}")

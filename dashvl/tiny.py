@@ -10,8 +10,8 @@ import functools
 
 import torch
 
-__all__ = ["tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_llava", "tiny_llava_next", "tiny_llava_onevision", "tiny_decoder",
-           "train_tokenizer", "sample_image"]
+__all__ = ["tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_llava", "tiny_llava_next", "tiny_llava_onevision", "tiny_internvl",
+           "tiny_decoder", "train_tokenizer", "sample_image"]
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
@@ -250,6 +250,41 @@ def tiny_llava_onevision(attn: str = "sdpa", num_layers: int = 4, hidden: int = 
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints), tokenizer=tok,
         video_processor=LlavaOnevisionVideoProcessor(size=size), num_image_tokens=(image_size // 14) ** 2,
         vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE)
+    return model, processor
+
+
+def tiny_internvl(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0, init_std: float = 0.2,
+                  image_size: int = 56, vision_layers: int = 2):
+    """A tiny InternVL (InternViT tower, 2x2 pixel shuffle: (image_size / 28)^2 tokens per tile, pictures cut into up
+    to 4 tiles plus a thumbnail, Qwen2 text model) and its processor."""
+    from transformers import (GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLProcessor, InternVLVideoProcessor, PreTrainedTokenizerFast)
+    from transformers.models.auto import CONFIG_MAPPING
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level_bpe(_corpus(), specials, 640), bos_token="<s>", eos_token="</s>",
+        unk_token="<unk>", pad_token="<pad>", padding_side="left",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    text = CONFIG_MAPPING["qwen2"](
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_std,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=2,
+                  image_size=[image_size, image_size], patch_size=[14, 14], initializer_range=init_std)
+    per_tile = (image_size // 28) ** 2
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                            image_seq_length=per_tile, downsample_ratio=0.5, tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    size = {"height": image_size, "width": image_size}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=4),
+        tokenizer=tok, video_processor=InternVLVideoProcessor(size=size), image_seq_length=per_tile,
+        chat_template=LLAVA_CHAT_TEMPLATE.replace("<image>", "<IMG_CONTEXT>"))
     return model, processor
 
 

@@ -23,7 +23,8 @@ class VisualSpan:
         role: what of its picture the grid covers: ``"whole"`` (the picture, as most families encode it);
             LLaVA-NeXT encodes each picture twice: ``"base"`` (the whole picture at the tower's resolution)
             and ``"tiles"`` (the stitched high-resolution tiles, whose last column is the row-closing newline
-            tokens, not a part of the picture).
+            tokens, not a part of the picture); InternVL as ``"crop"`` grids (tiles of the picture, in the
+            processor's order) and a ``"whole"`` thumbnail, last.
     """
 
     row: int
@@ -94,9 +95,10 @@ class HaltTrace:
         return _pick([s for s in self.spans if s.row == row and s.kind == kind], image, row, kind)
 
     def picture_spans(self, row: int = 0, kind: str = "image") -> list[VisualSpan]:
-        """One grid per picture of row ``row``, in order: its only grid, or LLaVA-NeXT's high-resolution
-        ``"tiles"`` grid (the finer of its two; the ``"base"`` one is left out)."""
-        return [s for s in self.spans if s.row == row and s.kind == kind and s.role != "base"]
+        """One grid per picture of row ``row``, in order: its only grid, LLaVA-NeXT's high-resolution
+        ``"tiles"`` grid (the finer of its two; the ``"base"`` one is left out), or InternVL's thumbnail (its
+        ``"crop"`` grids, each a part of the picture, are left out)."""
+        return [s for s in self.spans if s.row == row and s.kind == kind and s.role not in ("base", "crop")]
 
     def picture_span(self, picture: int = 0, row: int = 0, kind: str = "image") -> VisualSpan:
         """The grid to draw over the ``picture``-th picture of row ``row`` (``picture_spans``)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from dashvl.adapters import adapter_for
-from dashvl.tiny import (sample_image, tiny_decoder, tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_vl,
-                         tiny_qwen3_vl)
+from dashvl.tiny import (sample_image, tiny_decoder, tiny_internvl, tiny_llava, tiny_llava_next, tiny_llava_onevision,
+                         tiny_qwen2_vl, tiny_qwen3_vl)
 
-BACKBONES = ("qwen2_vl", "llava", "llama", "qwen3_vl", "llava_next", "llava_onevision")  # model families (synthvqa.suite.FAMILIES are question families)
+BACKBONES = ("qwen2_vl", "llava", "llama", "qwen3_vl", "llava_next", "llava_onevision", "internvl")  # model families (synthvqa.suite.FAMILIES are question families)
 NEW_TOKENS = 8
 
 
@@ -28,6 +28,8 @@ def _build(family: str, attn: str):
         model, proc = tiny_qwen3_vl(attn=attn)
     elif family == "llava-deep-vision":  # a 3-layer CLIP, so halting at layer 0 reaches the features (layer -2)
         model, proc = tiny_llava(attn=attn, vision_layers=3)
+    elif family == "internvl":  # tiles plus a thumbnail, 2x2 pixel shuffle, a Qwen2 text model
+        model, proc = tiny_internvl(attn=attn)
     elif family == "llava_onevision":  # SigLIP, anyres_max tiles + newlines, a Qwen2 text model; videos too
         model, proc = tiny_llava_onevision(attn=attn)
     elif family.startswith("llava_next"):  # anyres tiles and image-newline tokens (-deep-vision: a 3-layer CLIP)

@@ -20,7 +20,8 @@ def _reference(model, inputs, kv, ratio=0.5, layer=1):
 
 @pytest.mark.parametrize("family,attn,batch", [("qwen2_vl", "sdpa", 3), ("llava", "sdpa", 3), ("llama", "sdpa", 3),
                                                ("llama", "eager", 3), ("qwen2_vl", "eager", 1), ("qwen3_vl", "sdpa", 3),
-                                               ("llava_next", "sdpa", 3), ("llava_onevision", "sdpa", 3)])
+                                               ("llava_next", "sdpa", 3), ("llava_onevision", "sdpa", 3),
+                                               ("internvl", "sdpa", 3)])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_static_cache_generation_equals_the_slow_reference(family, attn, batch, kv):
     model, _ = build(family, attn)

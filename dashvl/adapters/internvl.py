@@ -1,0 +1,57 @@
+"""InternVL (``InternVLForConditionalGeneration``): an InternViT tower whose patch grid is pixel-shuffled 2x2 into
+the LLM's tokens, a projector, and a Qwen2 / Llama text model. A picture is cut into tiles (crops on a grid chosen
+by its aspect ratio) plus, when there is more than one tile, a thumbnail of the whole picture, last; each is
+``image_seq_length`` tokens between ``<img>`` and ``</img>``, row-major over the shuffled grid."""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from .base import Adapter, ImageGrid
+from .llava import TEXT_BACKBONES
+
+
+class InternVLAdapter(Adapter):
+    model_types = ("internvl",)
+    tiled_images = True
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
+
+    def check(self, model):
+        text_type = model.config.text_config.model_type
+        if text_type not in TEXT_BACKBONES:
+            raise ValueError(f"InternVL with a {text_type!r} text model is not supported; "
+                             f"supported text backbones: {', '.join(TEXT_BACKBONES)}")
+
+    def vision_tower(self, model):
+        return model.model.vision_tower
+
+    def vision_spec(self, model):
+        raise ValueError("halting inside InternVL's vision tower is not supported (its tiles are pixel-shuffled "
+                         "2x2 after the tower, so a halted patch would leave a hole in a merged token): "
+                         "use vision_ratio=0")
+
+    def image_token_id(self, model):
+        return model.config.image_token_id
+
+    def visual_grids(self, model, inputs, runs) -> list[list[ImageGrid]]:
+        # Each picture is its own run (<img> and </img> are text tokens around it): its crops, each a square
+        # grid (role "crop"), then the thumbnail (role "whole": the grid drawn over the picture); one tile alone
+        # is the whole picture.
+        side = math.isqrt(model.config.image_seq_length)
+        if side * side != model.config.image_seq_length:
+            return [[] for _ in runs]
+        out = []
+        for row_runs in runs:
+            items = []
+            for kind, _, n in row_runs:
+                if kind != "image" or n % (side * side):
+                    items = []  # a layout this adapter does not know: no grid rather than a wrong one
+                    break
+                tiles = n // (side * side)
+                crops = tiles - 1 if tiles > 1 else 0
+                items += [("image", 1, side, side, "crop")] * crops + [("image", 1, side, side)]
+            out.append(items)
+        return out
