@@ -33,3 +33,51 @@ def test_trace_grids_are_the_merged_patch_grids():
     halted_images = int(trace.halted[0][image_tokens].sum())
     assert halted_images > 0  # the test would be vacuous otherwise
     assert sum(int(trace.patch_mask(image=i, row=0).sum()) for i in range(2)) == halted_images
+
+
+def _video_inputs(proc, batch=2):
+    import numpy as np
+    from dashvl.tiny import sample_image
+
+    texts, videos, images = [], [], []
+    for b in range(batch):
+        videos.append(np.stack([np.asarray(sample_image(64, 64, seed=10 * b + f)) for f in range(4)]))
+        images.append(sample_image(64 + 32 * b, 64, seed=b))
+        content = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "what happens? " * (b + 1)}]
+        texts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
+    meta = [{"fps": 2.0, "total_num_frames": 4, "frames_indices": [0, 1, 2, 3]}] * batch
+    return dict(proc(text=texts, images=images, videos=videos, video_metadata=meta, return_tensors="pt",
+                     padding=True))
+
+
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_a_video_with_timestamps_equals_the_slow_reference(kv):
+    """Qwen3-VL writes each temporal patch of a video as its own <|vision_start|> ... block after a text timestamp
+    ("<0.2 seconds>"): the timestamps are text tokens between the video's runs, halting is exact across them, and the
+    trace shows the video as one grid per temporal patch, [1, h, w] each, in order (the model's own split)."""
+    from tests.helpers import assert_same_generation, dash_reference
+
+    model, proc = build("qwen3_vl")
+    inputs = _video_inputs(proc)
+    video = inputs["input_ids"] == model.config.video_token_id
+    halted, tokens, logits = dash_reference(model, inputs, layer=1, kv=kv, ratio=0.5, steps=3)
+    assert halted[video].any() and halted[~video].any()
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as handle, torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        trace = handle.trace
+    assert torch.equal(trace.halted, halted)
+    assert_same_generation(out, inputs, tokens, logits)
+    merge = model.config.vision_config.spatial_merge_size
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    for row in range(2):
+        spans = [s for s in trace.spans if s.row == row and s.kind == "video"]
+        assert [s.grid for s in spans] == [(1, h // merge, w // merge)] * t
+        assert torch.equal(torch.cat([s.positions for s in spans]), video[row].nonzero().flatten())
+        assert spans[1].positions[0] - spans[0].positions[-1] > 1  # a timestamp between the temporal patches
+    # a direct forward passes video_grid_thw as the processor made it: one [t, h, w] grid per video, across its
+    # runs, in its own row (not the next row's video)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as handle, torch.no_grad():
+        model(**inputs)
+        spans = [(s.row, s.grid) for s in handle.trace.spans if s.kind == "video"]
+    assert spans == [(0, (t, h // merge, w // merge)), (1, (t, h // merge, w // merge))]

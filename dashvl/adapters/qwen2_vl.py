@@ -44,20 +44,25 @@ class Qwen2VLAdapter(Adapter):
 
 
 def _grids_from_thw(inputs, runs, merge: int) -> list[list[ImageGrid]]:
-    """Grids come in batch order, images and videos in separate lists; each item's tokens are one
-    raster-ordered run of t * (h / merge) * (w / merge) tokens."""
+    """Grids come in batch order, images and videos in separate lists; each item's t * (h / merge) * (w / merge)
+    tokens are raster-ordered, in one run or, for a Qwen3-VL video, in one run per temporal patch with a text
+    timestamp between them (the item's remaining tokens are then owed by the next runs of its kind)."""
     pending = {}
     for kind in ("image", "video"):
         thw = inputs.get(f"{kind}_grid_thw")
         pending[kind] = [] if thw is None else [(int(t), int(h) // merge, int(w) // merge) for t, h, w in thw.tolist()]
     out = []
     for row_runs in runs:
-        items = []
+        items, owed = [], {"image": 0, "video": 0}
         for kind, _, n in row_runs:
+            paid = min(n, owed[kind])  # the rest of an item begun in an earlier run
+            owed[kind] -= paid
+            n -= paid
             while n > 0 and pending[kind]:  # one run can hold several adjacent items
                 t, h, w = pending[kind].pop(0)
                 items.append((kind, t, h, w))
                 n -= t * h * w
+            owed[kind] += max(0, -n)
         out.append(items)
     return out
 
