@@ -90,3 +90,20 @@ def test_existence_errors_sorts_questions_by_what_the_image_holds():
     rows = {line.split("|")[1].strip(): [int(x) for x in line.split("|")[2:4]] for line in lines[4:]}
     assert set(rows) == {*KINDS, "all"} and rows["all"][1] == 6 and rows["Yes"][1] == 3
     assert sum(rows[k][1] for k in KINDS) == 6 and all(ok <= n for ok, n in rows.values())
+
+
+def test_vl_table_keeps_equal_visual_budgets(tmp_path):
+    """Every LLM-halting row with scope vision keeps the same number of visual tokens (the budget), which the table
+    states from the trace; the vision-tower-only row keeps them all."""
+    from synthvqa.reports import vl_table
+
+    out = tmp_path / "vl.md"
+    vl_table.main(["--models", "qwen2-vl-synth", "--per-family", "1", "--reductions", "0.778", "--layers", "2",
+                   "--out", str(out)])
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 77.8%")]
+    kept = {r[1]: float(r[2]) for r in rows}
+    assert len(rows) == len(vl_table.rows_for(0.778, [2], 1))
+    equal = [k for k in kept if k not in ("downsample", "vision tower only, v=1", "dash drop, scope all, l=2")]
+    assert len({kept[k] for k in equal}) == 1 and kept[equal[0]] > 0
+    full = float([line for line in out.read_text().splitlines() if "| unmodified |" in line][0].split(" | ")[2])
+    assert kept["vision tower only, v=1"] == full and kept[equal[0]] < 0.3 * full
