@@ -53,6 +53,8 @@ class ScoreContext:
             ``needs_layer_input``; else None.
         block_update: [B, T, d], what decoder layer l_s - 1 added to the residual stream (its input subtracted
             from layer l_s's), when the method sets ``needs_block_update``; else None.
+        blocks: long [B, T], the prompt's bidirectional blocks (``Adapter.attention_blocks``: Gemma 3's images;
+            -1 elsewhere), or None: attention-based scores see what the layer sees.
     """
 
     attention: torch.nn.Module
@@ -68,6 +70,7 @@ class ScoreContext:
     eligible: torch.Tensor | None = None
     layer_input: torch.Tensor | None = None
     block_update: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
 
 
 class Method:
@@ -141,6 +144,9 @@ class FastV(Method):
         last = torch.where(ctx.real, positions, -1).max(1).values  # the last real token of each row
         query, keys = ctx.adapter.last_query_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, last)
         key_ok = ctx.real & (positions[None, :] <= last[:, None])
+        if ctx.blocks is not None:  # Gemma 3: a last token inside an image also sees the rest of it
+            own = ctx.blocks.gather(1, last[:, None])
+            key_ok |= ctx.real & (ctx.blocks == own) & (own >= 0)
         if ctx.sliding_window is not None:
             key_ok &= positions[None, :] > last[:, None] - ctx.sliding_window
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
@@ -164,7 +170,8 @@ class SnapKV(Method):
         query_pos = (last[:, None] - w + 1 + torch.arange(w, device=last.device)).clamp(min=0)   # [B, w]
         queries, keys = ctx.adapter.window_queries_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, query_pos)
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
-        scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel, ctx.sliding_window)
+        scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel, ctx.sliding_window,
+                                      ctx.blocks)
         return scores.masked_fill(positions[None, :] > (last[:, None] - w), policy.KEEP)
 
 

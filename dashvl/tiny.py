@@ -11,7 +11,7 @@ import functools
 import torch
 
 __all__ = ["tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_llava", "tiny_llava_next", "tiny_llava_onevision", "tiny_internvl",
-           "tiny_decoder", "train_tokenizer", "sample_image"]
+           "tiny_gemma3", "tiny_decoder", "train_tokenizer", "sample_image"]
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
@@ -285,6 +285,44 @@ def tiny_internvl(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, see
         image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=4),
         tokenizer=tok, video_processor=InternVLVideoProcessor(size=size), image_seq_length=per_tile,
         chat_template=LLAVA_CHAT_TEMPLATE.replace("<image>", "<IMG_CONTEXT>"))
+    return model, processor
+
+
+def tiny_gemma3(attn: str = "sdpa", num_layers: int = 4, hidden: int = 64, seed: int = 0, init_std: float = 0.2,
+                image_size: int = 56, vision_layers: int = 2):
+    """A tiny Gemma 3 VLM (SigLIP tower, patches average-pooled to 4 tokens per image, Gemma 3 text model with
+    sliding-window layers of window 8 and a global one, its images attending bidirectionally) and its processor."""
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
+                              PreTrainedTokenizerFast, SiglipVisionConfig)
+    from transformers.models.auto import CONFIG_MAPPING
+
+    specials = ["<unk>", "<bos>", "<eos>", "<pad>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level_bpe(_corpus(), specials, 640), bos_token="<bos>", eos_token="<eos>",
+        unk_token="<unk>", pad_token="<pad>", padding_side="left",
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                              "image_token": "<image_soft_token>"})
+    text = CONFIG_MAPPING["gemma3_text"](
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, query_pre_attn_scalar=hidden // 4,
+        sliding_window=8, layer_types=["full_attention" if (i + 1) % 3 == 0 else "sliding_attention"
+                                       for i in range(num_layers)],
+        max_position_embeddings=4096, initializer_range=init_std, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                                num_attention_heads=2, image_size=image_size, patch_size=14)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+                          image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"), initializer_range=init_std,
+                          tie_word_embeddings=False)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # the projector's weight starts at zero: the images would carry nothing
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, init_std)
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
+                                tokenizer=tok, image_seq_length=4,
+                                chat_template=LLAVA_CHAT_TEMPLATE.replace("<image>", "<start_of_image>"))
     return model, processor
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from dashvl.adapters import adapter_for
-from dashvl.tiny import (sample_image, tiny_decoder, tiny_internvl, tiny_llava, tiny_llava_next, tiny_llava_onevision,
-                         tiny_qwen2_vl, tiny_qwen3_vl)
+from dashvl.tiny import (sample_image, tiny_decoder, tiny_gemma3, tiny_internvl, tiny_llava, tiny_llava_next,
+                         tiny_llava_onevision, tiny_qwen2_vl, tiny_qwen3_vl)
 
-BACKBONES = ("qwen2_vl", "llava", "llama", "qwen3_vl", "llava_next", "llava_onevision", "internvl")  # model families (synthvqa.suite.FAMILIES are question families)
+BACKBONES = ("qwen2_vl", "llava", "llama", "qwen3_vl", "llava_next", "llava_onevision", "internvl", "gemma3")  # model families (synthvqa.suite.FAMILIES are question families)
 NEW_TOKENS = 8
 
 
@@ -28,6 +28,8 @@ def _build(family: str, attn: str):
         model, proc = tiny_qwen3_vl(attn=attn)
     elif family == "llava-deep-vision":  # a 3-layer CLIP, so halting at layer 0 reaches the features (layer -2)
         model, proc = tiny_llava(attn=attn, vision_layers=3)
+    elif family == "gemma3":  # Gemma 3 with images: bidirectional image blocks, sliding windows of 8
+        model, proc = tiny_gemma3(attn=attn)
     elif family == "internvl":  # tiles plus a thumbnail, 2x2 pixel shuffle, a Qwen2 text model
         model, proc = tiny_internvl(attn=attn)
     elif family == "llava_onevision":  # SigLIP, anyres_max tiles + newlines, a Qwen2 text model; videos too
@@ -70,6 +72,8 @@ def make_inputs(family: str, batch: int = 1, images: int = 1):
         texts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
     if family in TEXT_FAMILIES:
         return dict(proc(texts, return_tensors="pt", padding=True))
+    if family == "gemma3":  # its processor takes each row's images as a list
+        pics = [pics[b * images:(b + 1) * images] for b in range(batch)]
     return dict(proc(text=texts, images=pics, return_tensors="pt", padding=True))
 
 
@@ -91,6 +95,20 @@ def reference_halted(scores, real, kinds_visual, ratio, scope="all", protect_las
         for t in sorted(cand, key=lambda t: (float(scores[b, t]), t))[:k]:
             halted[b, t] = True
     return halted
+
+
+def _image_blocks(token_type_ids):
+    """Per token the index of its image among the row's images (a run of image tokens), -1 for text."""
+    out = torch.full(token_type_ids.shape, -1)
+    for b in range(token_type_ids.shape[0]):
+        block, prev = -1, 0
+        for t, v in enumerate(token_type_ids[b].tolist()):
+            if v == 1 and prev != 1:
+                block += 1
+            if v == 1:
+                out[b, t] = block
+            prev = v
+    return out
 
 
 class Reference:
@@ -123,7 +141,11 @@ class Reference:
         B, S = real.shape
         key_ok = real & (~halted if self.kv == "drop" else torch.ones_like(halted))
         causal = torch.ones(S, S, dtype=torch.bool).tril()
-        allowed = key_ok[:, None, :] & causal[None]
+        seen = causal[None]
+        if "token_type_ids" in inputs:  # Gemma 3: an image's tokens see each other both ways
+            blocks = _image_blocks(inputs["token_type_ids"])
+            seen = seen | ((blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0))
+        allowed = key_ok[:, None, :] & seen
         allowed |= torch.eye(S, dtype=torch.bool)[None]  # halted rows: self only, never an empty row
         # sliding-window layers: a query sees keys less than `window` positions back (transformers' overlay)
         pos = torch.arange(S)
@@ -181,8 +203,9 @@ def extend(inputs: dict, nxt: torch.Tensor) -> dict:
     out = dict(inputs)
     out["input_ids"] = torch.cat([inputs["input_ids"], nxt[:, None]], 1)
     out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)[:, None]], 1)
-    if "mm_token_type_ids" in inputs:
-        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(nxt)[:, None]], 1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            out[key] = torch.cat([inputs[key], torch.zeros_like(nxt)[:, None]], 1)
     return out
 
 

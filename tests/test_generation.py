@@ -24,7 +24,7 @@ def _with_sequence(inputs, seq):
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llama", "gemma3_text", "qwen3_vl", "llava_next",
-                                    "llava_onevision", "internvl"])
+                                    "llava_onevision", "internvl", "gemma3"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_beam_search_scores_match_reference(family, kv):
     model, _ = build(family)
@@ -77,7 +77,7 @@ def test_sampling_several_sequences_matches_reference(kv):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2_vl", "gemma3_text", "mistral-window", "qwen3_vl", "llava_next",
-                                    "llava_onevision", "internvl"])
+                                    "llava_onevision", "internvl", "gemma3"])
 @pytest.mark.parametrize("kv", ["drop", "keep"])
 def test_second_turn_reuses_the_cache(family, kv):
     model, tok = build(family)

@@ -22,7 +22,7 @@ from dashvl import methods
 from tests.helpers import (Reference, assert_same_generation, build, dash_avg_reference, layers_of, make_inputs,
                            rank_fractions, record_updates, reference_halted, visual_kinds)
 
-BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "internvl", "llava-mistral", "llava-qwen2", "llama", "qwen2",
+BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "internvl", "gemma3", "llava-mistral", "llava-qwen2", "llama", "qwen2",
              "mistral", "mistral-window", "gemma3_text")
 TEXT_ONLY = ("llama", "qwen2", "mistral", "mistral-window", "gemma3_text")
 LAYER, RATIO, SEED, STEPS = 1, 0.5, 7, 3

@@ -41,7 +41,7 @@ def test_layer_fraction_resolves_against_depth():
 def test_unsupported_model_type():
     from transformers import GPT2Config, GPT2LMHeadModel
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match=r"model type 'gpt2'.*supported: qwen2_vl, qwen2_5_vl, qwen3_vl, llava, llava_next, llava_onevision, internvl, llama, qwen2, mistral, gemma3_text"):
+    with pytest.raises(ValueError, match=r"model type 'gpt2'.*supported: qwen2_vl, qwen2_5_vl, qwen3_vl, llava, llava_next, llava_onevision, internvl, llama, qwen2, mistral, gemma3_text, gemma3"):
         dashvl.compress(model)
     assert _hooks(model) == 0
 

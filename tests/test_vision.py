@@ -67,7 +67,7 @@ class VisionReference:
             else:
                 halted = torch.zeros(u.shape, dtype=torch.bool)
                 for b in range(u.shape[0]):
-                    first = 0 if self.family == "llava_onevision" else 1  # SigLIP has no CLS token to keep
+                    first = 0 if self.family in ("llava_onevision", "gemma3") else 1  # SigLIP: no CLS token
                     k = int(self.ratio * (u.shape[1] - first) + 1e-9)
                     order = sorted(range(first, u.shape[1]), key=lambda i: (float(u[b, i]), i))[:k]
                     halted[b, order] = True
@@ -134,7 +134,7 @@ class VisionReference:
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava-deep-vision", "llava_next-deep-vision",
-                                    "llava_onevision"])
+                                    "llava_onevision", "gemma3"])
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_vision_halting_matches_reference(family, ratio):
     model, _ = build(family)

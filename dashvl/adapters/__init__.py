@@ -5,7 +5,7 @@ from torch import nn
 
 from .base import FLASH_ATTENTION, SUPPORTED_ATTENTION, Adapter
 from .decoder import DecoderAdapter
-from .gemma3 import Gemma3TextAdapter
+from .gemma3 import Gemma3Adapter, Gemma3TextAdapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2VLAdapter
@@ -15,7 +15,7 @@ __all__ = ["Adapter", "adapter_for", "SUPPORTED_MODEL_TYPES", "SUPPORTED_ATTENTI
 
 _ADAPTERS: dict[str, Adapter] = {}
 for _adapter in (Qwen2VLAdapter(), Qwen3VLAdapter(), LlavaAdapter(), LlavaNextAdapter(), LlavaOnevisionAdapter(),
-                 InternVLAdapter(), DecoderAdapter(), Gemma3TextAdapter()):
+                 InternVLAdapter(), DecoderAdapter(), Gemma3TextAdapter(), Gemma3Adapter()):
     for _model_type in _adapter.model_types:
         _ADAPTERS[_model_type] = _adapter
 

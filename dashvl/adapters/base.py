@@ -61,6 +61,11 @@ class Adapter:
     def video_token_id(self, model: nn.Module) -> int | None:
         return None
 
+    def attention_blocks(self, call_kwargs: dict) -> torch.Tensor | None:
+        """long [B, T] of a prompt's call: tokens with the same id >= 0 attend to each other in both directions
+        (Gemma 3's images); -1 elsewhere. None: causal attention only (every other family)."""
+        return None
+
     def trace_inputs(self, call_kwargs: dict) -> dict:
         """What of a model call's keyword arguments ``visual_grids`` needs later (kept by reference)."""
         return {}

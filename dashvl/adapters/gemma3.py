@@ -10,6 +10,8 @@ are handled by the base adapter; the activation layer's Δ is the attention's ou
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -32,3 +34,51 @@ class Gemma3TextAdapter(Adapter):
         if getattr(self.text_config(model), "use_bidirectional_attention", False):
             raise ValueError("Gemma 3 with use_bidirectional_attention=True (an encoder) is not supported: DASH "
                              "halts tokens of a causal decoder")
+
+
+class Gemma3Adapter(Gemma3TextAdapter):
+    """Gemma 3 with images (``Gemma3ForConditionalGeneration``): the text model above, a SigLIP tower whose
+    patches are average-pooled to ``mm_tokens_per_image`` tokens per image (a square grid), and one more rule in
+    the prompt's attention: an image's tokens see each other in both directions (``token_type_ids`` mark them),
+    in full-attention layers and within the window of sliding ones. The halted layers keep that rule
+    (``attention_blocks``): an active image token sees the later tokens of its image too, and with kv="keep" their
+    frozen keys."""
+
+    model_types = ("gemma3",)
+    text_only = False
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
+
+    def vision_tower(self, model):
+        return model.model.vision_tower
+
+    def vision_spec(self, model):
+        from ..vision import VisionSpec
+        tower = self.vision_tower(model)
+        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+        return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn", layout="batched", prefix=0)
+
+    def image_token_id(self, model):
+        return model.config.image_token_id
+
+    def attention_blocks(self, call_kwargs: dict):
+        types = call_kwargs.get("token_type_ids")
+        if types is None:
+            return None
+        from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
+        return get_block_sequence_ids_for_mask(types, device=types.device)
+
+    def visual_grids(self, model, inputs, runs):
+        n_image = model.config.mm_tokens_per_image
+        side = math.isqrt(n_image)
+        out = []
+        for row_runs in runs:
+            items = []
+            for kind, _, n in row_runs:
+                if kind != "image" or side * side != n_image or n % n_image:
+                    items = []  # no grid rather than a wrong one
+                    break
+                items += [("image", 1, side, side)] * (n // n_image)
+            out.append(items)
+        return out

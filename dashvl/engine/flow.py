@@ -178,6 +178,8 @@ class CallFlow:
         self.call_backend = backend = self.backend
         checks.check_backend(backend, self.kv_mode)
         plan = self.plan = self._new_plan(args, kwargs, self.adapter.trace_inputs(kwargs))
+        if plan is not None and plan.length > 1:
+            plan.blocks = self.adapter.attention_blocks(kwargs)
         if plan is not None and plan.length > 1:  # generate()'s settings only shape prompts; a step is one token
             checks.check_generation(self.model)
 
@@ -312,7 +314,7 @@ class CallFlow:
                                                    self.config.seed, self.adapter, history,
                                                    self.activation_window, plan.eligible,
                                                    layer_input if self.method.needs_layer_input else None,
-                                                   block_update)))
+                                                   block_update, plan.blocks)))
         self.prefills += 1
         active = plan.active if plan.active is not None else plan.real
         self.trace_parts = TraceParts(plan.scores, active, plan.kinds, plan.token_ids, plan.grid_inputs,

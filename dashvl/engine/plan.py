@@ -45,6 +45,7 @@ class CallPlan:
         self.real, self.kinds, self.mask, self.grid_inputs = real, kinds, mask, grid_inputs
         self.token_ids = token_ids
         self.num_halted = None
+        self.blocks = None  # long [B, T]: bidirectional blocks of a prompt (adapter.attention_blocks), or None
         self.eligible = None
         self.width = 0
         self.all_valid = True

@@ -145,9 +145,13 @@ def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cac
         layouts[plan.cache] = CacheLayout(key_pos, keys_valid)
     fresh = past_keys is None
 
+    blocks = None
+    if plan.blocks is not None and T > 1:  # Gemma 3's images: their tokens see each other both ways
+        blocks = (block_of(plan.blocks, q_pos, past), block_of(plan.blocks, key_pos, past))
+
     def mask(window=None):
         return attention_mask(key_pos, q_pos, keys_valid, fresh, backend, hidden.dtype,
-                              effective_window(window, past + T))
+                              effective_window(window, past + T), blocks)
 
     by_layer = None
     if kinds is None:
@@ -173,7 +177,16 @@ def _past_keys(plan, device):
     return key_pos, True
 
 
-def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, dtype, window: int | None = None):
+def block_of(blocks: torch.Tensor, pos: torch.Tensor, past: int) -> torch.Tensor:
+    """The bidirectional block (``blocks`` [B, T] of this call's tokens, -1: none) of each slot at sequence
+    positions ``pos`` [B, N] (-1: unused); -1 for slots outside this call."""
+    rel = pos - past
+    inside = (rel >= 0) & (rel < blocks.shape[1])
+    return torch.where(inside, blocks.gather(1, rel.clamp(0, blocks.shape[1] - 1)), -1)
+
+
+def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, dtype, window: int | None = None,
+                   blocks=None):
     """Attention mask of the halted layers in ``backend``'s format, or None where plain causal is exact.
 
     Args:
@@ -182,22 +195,32 @@ def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, 
         keys_valid: no unused key slot. fresh: the cache held nothing before this call.
         window: a sliding window: a query sees keys less than ``window`` positions back (transformers'
             ``sliding_window_overlay``), by position, whatever the slot order. None: full attention.
+        blocks: (long [B, Q], long [B, K]) the bidirectional block of each query and key slot (-1: none): a
+            query also sees the later keys of its own block (within the window: transformers' AND(window,
+            OR(causal, block))). None: causal only.
     Returns:
         None; bool [B, K] (flash); bool [B, 1, Q, K] (sdpa); or additive ``dtype`` [B, 1, Q, K] (eager).
     """
     Q, K = q_pos.shape[1], key_pos.shape[1]
     # A fresh kv="drop" prefill: keys are the query slots, in position order with fillers last
     # (policy.compact_index), so causal-over-slots is exact for every real query, padded rows included.
-    slot_causal = fresh and Q == K and window is None
+    slot_causal = fresh and Q == K and window is None and blocks is None
     if backend.startswith("flash"):
+        if blocks is not None:
+            raise ValueError("flash attention cannot serve Gemma 3's bidirectional image blocks in the halted "
+                             "layers (it takes a key-padding mask only); use attn_implementation='sdpa' or 'eager'")
         if window is not None:  # checks.check_window refuses it first: the kernel slides over slots
             raise ValueError("flash attention applies a sliding window by slot, not by position")
         # Queries are the last Q key slots (kv="drop"), so a 2-D key mask with causal alignment is exact.
         return None if keys_valid or slot_causal else key_pos >= 0
-    if window is None and ((keys_valid and Q == 1) or (slot_causal and backend == "sdpa")):
+    if window is None and blocks is None and ((keys_valid and Q == 1) or (slot_causal and backend == "sdpa")):
         return None  # decode against valid keys, or a fresh causal prefill: SDPA's is_causal / no mask
     key_ok = key_pos[:, None, :] >= 0
-    allowed = key_ok & (key_pos[:, None, :] <= q_pos[:, :, None])
+    seen = key_pos[:, None, :] <= q_pos[:, :, None]
+    if blocks is not None:
+        q_block, k_block = blocks
+        seen = seen | ((q_block[:, :, None] == k_block[:, None, :]) & (q_block[:, :, None] >= 0))
+    allowed = key_ok & seen
     if window is not None:
         allowed &= key_pos[:, None, :] > q_pos[:, :, None] - window
     allowed = torch.where((q_pos < 0)[:, :, None], key_ok, allowed)  # filler queries: any key, never NaN
