@@ -6,6 +6,7 @@ large init std so that greedy decoding does not collapse to one token); they say
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -226,7 +227,7 @@ def tiny_llava_onevision(attn: str = "sdpa", num_layers: int = 4, hidden: int = 
                               SiglipVisionConfig)
     from transformers.models.auto import CONFIG_MAPPING
 
-    tok = train_tokenizer("llava")
+    tok = copy.deepcopy(train_tokenizer("llava"))  # the cached one is shared: adding to it would change others
     tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
     text = CONFIG_MAPPING["qwen2"](
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
