@@ -145,8 +145,7 @@ class FastV(Method):
         query, keys = ctx.adapter.last_query_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, last)
         key_ok = ctx.real & (positions[None, :] <= last[:, None])
         if ctx.blocks is not None:  # Gemma 3: a last token inside an image also sees the rest of it
-            own = ctx.blocks.gather(1, last[:, None])
-            key_ok |= ctx.real & (ctx.blocks == own) & (own >= 0)
+            key_ok |= ctx.real & policy.same_block(ctx.blocks.gather(1, last[:, None]), ctx.blocks)
         if ctx.sliding_window is not None:
             key_ok &= positions[None, :] > last[:, None] - ctx.sliding_window
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)

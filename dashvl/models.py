@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -10,7 +9,7 @@ from . import composed, pretrained
 
 __all__ = ["load_model", "chat_prompt", "BUNDLED", "DEFAULT_MODEL", "TINY_RANDOM"]
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+ASSETS = composed.ASSETS  # assets/models/: the bundled toys and the composed models' trained parts
 
 # Bundled trained models: name -> folder under assets/models/ (save_pretrained layout).
 BUNDLED = {

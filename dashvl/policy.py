@@ -137,8 +137,7 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
     pos = torch.arange(T, device=keys.device)
     seen = pos[None, None, None, :] <= query_pos[:, None, :, None]
     if blocks is not None:
-        q_block = blocks.gather(1, query_pos)[:, None, :, None]
-        seen = seen | ((q_block == blocks[:, None, None, :]) & (q_block >= 0))
+        seen = seen | same_block(blocks.gather(1, query_pos)[:, None, :, None], blocks[:, None, None, :])
     allowed = real[:, None, None, :] & seen
     if sliding_window is not None:
         allowed &= pos[None, None, None, :] > query_pos[:, None, :, None] - sliding_window
@@ -216,3 +215,9 @@ def diversity_order(features: torch.Tensor, eligible: torch.Tensor) -> torch.Ten
             reach = torch.full_like(reach, float("inf"))
         reach = torch.minimum(reach, dist[rows, pick])                       # distance to the picked set
     return scores
+
+
+def same_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """bool, ``a`` and ``b`` broadcast: both tokens in one bidirectional block (ids >= 0; -1 is no block), where
+    attention runs both ways (Gemma 3's images, ``Adapter.attention_blocks``)."""
+    return (a == b) & (a >= 0)

@@ -16,27 +16,36 @@ from synthvqa.train.questions import ROUND, extra_questions, parse_mix
 QWEN = os.path.join(os.path.dirname(__file__), "..", "assets", "models", "qwen2-vl-synth")
 
 
-def test_packed_training_forward_equals_the_stock_forward():
-    """One SDPA call over the padded images and worker-side M-RoPE / vision positions against transformers'
-    per-image attention and per-row get_rope_index: images of different sizes, float32, training mode."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def _packed_and_stock(batch, train: bool = False):
+    """(packed training forward, transformers' stock forward, the stock model) of qwen2-vl-synth on one collated
+    batch, float32."""
+    from transformers import AutoModelForImageTextToText
 
-    proc = AutoProcessor.from_pretrained(QWEN)
-    ds = TrainStream(proc, length=20, turns=2, positions=True)
-    batch = collate([ds[i] for i in (3, 8, 9)], proc.tokenizer.pad_token_id)  # count, reading, reading
-    assert len({tuple(g) for g in batch["image_grid_thw"].tolist()}) > 1  # the images differ in size
     stock = AutoModelForImageTextToText.from_pretrained(QWEN, dtype=torch.float32)
     stock.config._attn_implementation = "sdpa"
     fast = copy.deepcopy(stock)
     use_packed_vision_attention(fast)
-    stock.train(), fast.train()
-    torch.manual_seed(0)  # dropout is 0 in these configs; seeded anyway
+    if train:
+        stock.train(), fast.train()
+        torch.manual_seed(0)  # dropout is 0 in these configs; seeded anyway
     plain = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image", "position_ids",
                                                           "vision_position_ids", "cu_seqlens", "max_seqlen")}
     want = stock(**plain)
     packed = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image")}
     packed["max_seqlen"] = int(packed["max_seqlen"])
-    got = qwen_fast_forward(fast, packed, batch["image_grid_thw"])
+    return qwen_fast_forward(fast, packed, batch["image_grid_thw"]), want, stock
+
+
+def test_packed_training_forward_equals_the_stock_forward():
+    """One SDPA call over the padded images and worker-side M-RoPE / vision positions against transformers'
+    per-image attention and per-row get_rope_index: images of different sizes, float32, training mode."""
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(QWEN)
+    ds = TrainStream(proc, length=20, turns=2, positions=True)
+    batch = collate([ds[i] for i in (3, 8, 9)], proc.tokenizer.pad_token_id)  # count, reading, reading
+    assert len({tuple(g) for g in batch["image_grid_thw"].tolist()}) > 1  # the images differ in size
+    got, want, stock = _packed_and_stock(batch, train=True)
     torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
     pos, _ = stock.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
@@ -134,7 +143,7 @@ def test_existence_errors_refuses_no_questions(capsys):
 def test_text_items_mix_into_image_batches():
     """--text-every: a plain text chat (no image) in a batch of image chats; loss only on its answer, and the packed
     training forward still equals the stock one (M-RoPE positions of a text row: one index for all three axes)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(QWEN)
     tok = proc.tokenizer
@@ -147,16 +156,7 @@ def test_text_items_mix_into_image_batches():
     assert text["labels"].tolist() == [-100] * len(prompt) + answer and len(text["cell_labels"]) == 0
     batch = collate([ds[i] for i in (1, 2, 3)], tok.pad_token_id)
     assert batch["image_grid_thw"].shape[0] == 2 and (batch["cell_image"] != 1).all()
-    stock = AutoModelForImageTextToText.from_pretrained(QWEN, dtype=torch.float32)
-    stock.config._attn_implementation = "sdpa"
-    fast = copy.deepcopy(stock)
-    use_packed_vision_attention(fast)
-    plain = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image", "position_ids",
-                                                          "vision_position_ids", "cu_seqlens", "max_seqlen")}
-    want = stock(**plain)
-    packed = {k: v for k, v in batch.items() if k not in ("cell_labels", "cell_image")}
-    packed["max_seqlen"] = int(packed["max_seqlen"])
-    got = qwen_fast_forward(fast, packed, batch["image_grid_thw"])
+    got, want, _ = _packed_and_stock(batch)
     torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
 

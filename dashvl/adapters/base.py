@@ -6,7 +6,7 @@ import sys
 import torch
 from torch import nn
 
-__all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION", "FLASH_ATTENTION"]
+__all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION", "FLASH_ATTENTION", "encoder_tower_spec"]
 
 # Attention backends the engine builds masks for. flex_attention / paged backends take block masks or
 # packed layouts that the gathered layers would get wrong, so they are refused.
@@ -18,6 +18,21 @@ SUPPORTED_ATTENTION = ("sdpa", "eager") + FLASH_ATTENTION
 # (kind, t, h, w[, role]): kind "image" or "video", sizes in LLM tokens (after any merge); role as in
 # dashvl.trace.VisualSpan ("whole" when left out)
 ImageGrid = tuple
+
+
+_TOWER_NAMES = {"clip_vision_model": "CLIP", "siglip_vision_model": "SigLIP"}
+
+
+def encoder_tower_spec(tower: nn.Module, prefix: int, family: str | None = None, tower_type: str | None = None):
+    """The ``dashvl.vision.VisionSpec`` of a CLIP / SigLIP-style tower: ``encoder.layers`` of ``self_attn`` blocks
+    over a batch of images, ``prefix`` leading tokens (CLIP's class token) never halting. With ``tower_type``, a
+    tower of another ``model_type`` is refused, naming ``family`` and what it supports."""
+    from ..vision import VisionSpec
+    if tower_type is not None and getattr(tower.config, "model_type", None) != tower_type:
+        raise ValueError(f"halting inside {family}'s vision tower supports {_TOWER_NAMES[tower_type]} towers; this "
+                         f"one is {tower.config.model_type!r}: use vision_ratio=0")
+    encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+    return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn", layout="batched", prefix=prefix)
 
 
 class Adapter:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Adapter
+from .base import Adapter, encoder_tower_spec
 
 
 class Gemma3TextAdapter(Adapter):
@@ -54,10 +54,7 @@ class Gemma3Adapter(Gemma3TextAdapter):
         return model.model.vision_tower
 
     def vision_spec(self, model):
-        from ..vision import VisionSpec
-        tower = self.vision_tower(model)
-        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
-        return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn", layout="batched", prefix=0)
+        return encoder_tower_spec(self.vision_tower(model), 0)  # SigLIP: no class token
 
     def image_token_id(self, model):
         return model.config.image_token_id

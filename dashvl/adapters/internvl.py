@@ -6,35 +6,21 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
-
-from .base import Adapter, ImageGrid
-from .llava import TEXT_BACKBONES
+from .base import ImageGrid
+from .llava import LlavaAdapter
 
 
-class InternVLAdapter(Adapter):
+class InternVLAdapter(LlavaAdapter):
+    """LLaVA's stack, tower and image token; its own tiles and (no) vision-tower halting."""
+
     model_types = ("internvl",)
+    family = "InternVL"
     tiled_images = True
-
-    def language_model(self, model: nn.Module) -> nn.Module:
-        return model.model.language_model
-
-    def check(self, model):
-        text_type = model.config.text_config.model_type
-        if text_type not in TEXT_BACKBONES:
-            raise ValueError(f"InternVL with a {text_type!r} text model is not supported; "
-                             f"supported text backbones: {', '.join(TEXT_BACKBONES)}")
-
-    def vision_tower(self, model):
-        return model.model.vision_tower
 
     def vision_spec(self, model):
         raise ValueError("halting inside InternVL's vision tower is not supported (its tiles are pixel-shuffled "
                          "2x2 after the tower, so a halted patch would leave a hole in a merged token): "
                          "use vision_ratio=0")
-
-    def image_token_id(self, model):
-        return model.config.image_token_id
 
     def visual_grids(self, model, inputs, runs) -> list[list[ImageGrid]]:
         # Each picture is its own run (<img> and </img> are text tokens around it): its crops, each a square

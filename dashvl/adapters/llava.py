@@ -6,13 +6,14 @@ import math
 import torch
 from torch import nn
 
-from .base import Adapter, ImageGrid
+from .base import Adapter, ImageGrid, encoder_tower_spec
 
 TEXT_BACKBONES = ("llama", "mistral", "qwen2")
 
 
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
+    family = "LLaVA"  # the name in the text-backbone refusal
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
@@ -20,21 +21,14 @@ class LlavaAdapter(Adapter):
     def check(self, model):
         text_type = model.config.text_config.model_type
         if text_type not in TEXT_BACKBONES:
-            raise ValueError(f"LLaVA with a {text_type!r} text model is not supported; "
+            raise ValueError(f"{self.family} with a {text_type!r} text model is not supported; "
                              f"supported text backbones: {', '.join(TEXT_BACKBONES)}")
 
     def vision_tower(self, model):
         return model.model.vision_tower
 
     def vision_spec(self, model):
-        from ..vision import VisionSpec
-        tower = self.vision_tower(model)
-        if getattr(tower.config, "model_type", None) != "clip_vision_model":
-            raise ValueError(f"halting inside LLaVA's vision tower supports CLIP towers; this one is "
-                             f"{tower.config.model_type!r}: use vision_ratio=0")
-        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
-        return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn",
-                          layout="batched", prefix=1)
+        return encoder_tower_spec(self.vision_tower(model), 1, "LLaVA", "clip_vision_model")
 
     def image_token_id(self, model):
         return model.config.image_token_id
@@ -170,13 +164,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         return model.config.video_token_id
 
     def vision_spec(self, model):
-        from ..vision import VisionSpec
-        tower = self.vision_tower(model)
-        if getattr(tower.config, "model_type", None) != "siglip_vision_model":
-            raise ValueError(f"halting inside LLaVA-OneVision's vision tower supports SigLIP towers; this one is "
-                             f"{tower.config.model_type!r}: use vision_ratio=0")
-        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
-        return VisionSpec(tower=tower, blocks=encoder.layers, attention="self_attn", layout="batched", prefix=0)
+        return encoder_tower_spec(self.vision_tower(model), 0, "LLaVA-OneVision", "siglip_vision_model")
 
     def image_layouts(self, model, image_sizes) -> list[tuple[tuple, tuple]]:
         """Per image: the base grid and the stitched grid with its newline column, as transformers packs them

@@ -178,12 +178,11 @@ class CallFlow:
         self.call_backend = backend = self.backend
         checks.check_backend(backend, self.kv_mode)
         plan = self.plan = self._new_plan(args, kwargs, self.adapter.trace_inputs(kwargs))
-        if plan is not None and plan.length > 1:
+        if plan is not None and plan.length > 1:  # generate()'s settings only shape prompts; a step is one token
+            checks.check_generation(self.model)
             blocks = self.adapter.attention_blocks(kwargs)
             # token types of the whole sequence (a later turn's call carries only the new tokens): its own columns
             plan.blocks = blocks[:, -plan.length:] if blocks is not None else None
-        if plan is not None and plan.length > 1:  # generate()'s settings only shape prompts; a step is one token
-            checks.check_generation(self.model)
 
     def on_decoder_stack(self, module, args, kwargs):
         """The decoder stack starts: use the call the model planned, or plan one (the stack called directly)."""

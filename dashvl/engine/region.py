@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import policy
 from .windows import effective_window
 
 __all__ = ["CacheLayout", "HaltedRunner", "RegionInputs", "enter", "attention_mask", "step_mask", "gather_tokens",
@@ -219,7 +220,7 @@ def attention_mask(key_pos, q_pos, keys_valid: bool, fresh: bool, backend: str, 
     seen = key_pos[:, None, :] <= q_pos[:, :, None]
     if blocks is not None:
         q_block, k_block = blocks
-        seen = seen | ((q_block[:, :, None] == k_block[:, None, :]) & (q_block[:, :, None] >= 0))
+        seen = seen | policy.same_block(q_block[:, :, None], k_block[:, None, :])
     allowed = key_ok & seen
     if window is not None:
         allowed &= key_pos[:, None, :] > q_pos[:, :, None] - window

@@ -142,7 +142,7 @@ def build_composed(name: str, vision_init: str | os.PathLike | None = None, rank
     for key in own:
         if key.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) and "language_model" in key:
             state[key] = torch.zeros(own[key].shape)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     loaded = sum(k.startswith(("model.visual.", "model.vision_tower.")) for k in state)
     assert loaded >= 10, f"only {loaded} vision tensors from the toy"
@@ -155,7 +155,7 @@ def build_composed(name: str, vision_init: str | os.PathLike | None = None, rank
                 for target in composed.LORA_TARGETS:
                     if hasattr(parent, target):
                         setattr(parent, target, LoRALinear(getattr(parent, target), rank, alpha))
-    model._composed_new = sorted(k for k in missing if "lm_head" not in k)  # trained from scratch (the projector)
+    model.lm_vocab_size = lm_config.vocab_size  # the rows past it are the added tokens' (trained_parts)
     return model, processor
 
 
@@ -171,13 +171,8 @@ def trained_parts(model) -> dict:
             out[f"{path}.lora_A"] = module.lora_A.detach()
             out[f"{path}.lora_B"] = module.lora_B.detach() * module.scale
     emb = model.model.language_model.embed_tokens.weight
-    out["added_embeddings"] = emb[pretrained_vocab(model):].detach()
+    out["added_embeddings"] = emb[model.lm_vocab_size:].detach()
     return {k: v.to(torch.bfloat16).contiguous().cpu() for k, v in out.items()}
-
-
-def pretrained_vocab(model) -> int:
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(pretrained.cached_model("smollm2-135m-instruct")).vocab_size
 
 
 def save_composed(name: str, run: dict, result: dict | None, args, log=print) -> Path:
