@@ -16,7 +16,6 @@ import contextlib
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import dashvl
 
 __all__ = ["OpCounter", "StepProbe", "decode_step_counts"]
 
@@ -100,9 +99,10 @@ def host_reads(counts: collections.Counter) -> int:
 def decode_step_counts(model, inputs: dict, settings, new_tokens: int = 4, **generate_kw) -> list[collections.Counter]:
     """The counts of the last decode step of a greedy ``generate`` (with ``generate_kw``, for example
     ``cache_implementation="static"``) for each setting (None: unmodified)."""
+    from bench.gpu_generate import install
     out = []
     for s in settings:
-        handle = dashvl.compress(model, **s) if s is not None else None
+        handle = install(model, s)
         try:
             with StepProbe(model) as probe, torch.no_grad():
                 model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,

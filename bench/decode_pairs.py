@@ -29,9 +29,8 @@ import time
 import torch
 from tqdm import tqdm
 
-import dashvl
 from bench.common import setup
-from bench.gpu_generate import baseline_settings, label, make_inputs
+from bench.gpu_generate import baseline_settings, install, label, make_inputs
 
 DEFAULT_SETTINGS = "unmodified;unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep"
 
@@ -47,7 +46,7 @@ class Decoder:
 
     def __init__(self, model, inputs: dict, setting: dict | None):
         self.model = model
-        self.handle = dashvl.compress(model, **setting) if setting is not None else None
+        self.handle = install(model, setting)
         self.ids = inputs["input_ids"]
         self.kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
 

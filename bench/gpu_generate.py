@@ -55,6 +55,12 @@ def parse_settings(text: str) -> list[dict | None]:
     return out
 
 
+def install(model, setting: dict | None):
+    """``compress`` with ``setting`` over the paper's ``DashConfig`` defaults (what a setting string names), not
+    over ``compress``'s per-model defaults: "ratio=0.75,layer=2" is DASH's Δ, scope all, on any model."""
+    return dashvl.compress(model, dashvl.DashConfig(**setting)) if setting is not None else None
+
+
 def baseline_settings(parser, text: str) -> list[dict | None]:
     """``parse_settings(text)``, refused through ``parser`` unless "unmodified" comes first (ratios are against it)."""
     settings = parse_settings(text)
@@ -137,7 +143,7 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
                 if i in refused:
                     continue
                 try:
-                    handle = dashvl.compress(model, **s) if s is not None else None
+                    handle = install(model, s)
                 except ValueError as err:
                     refused[i] = str(err)
                     continue

@@ -160,7 +160,7 @@ def check(model, inputs) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     ref = model(**inputs, logits_to_keep=1).logits
-    with dashvl.compress(model, ratio=0.0, layer=2):
+    with dashvl.compress(model, method="dash", ratio=0.0, layer=2):
         same = torch.equal(model(**inputs, logits_to_keep=1).logits, ref)
     out = {"ratio0_bitwise": same}
     if model.config.get_text_config()._attn_implementation == "sdpa" and ref.is_cuda:
@@ -168,13 +168,13 @@ def check(model, inputs) -> dict:
         if "pixel_values" in inputs:  # the vision tower's own attention is not the subject here
             llm_only["mm_encoder_outputs"] = {"image": model.model.get_image_features(
                 **{k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs})}
-        with dashvl.compress(model, ratio=0.75, layer=2, kv="drop"), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        with dashvl.compress(model, method="dash", ratio=0.75, layer=2, kv="drop"), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             logits = model(**llm_only, use_cache=True, logits_to_keep=1).logits
         out["drop_on_flash_kernel"] = bool(torch.isfinite(logits).all())
     if ref.is_cuda:  # the captured graph computes what the layers compute one by one
         graphed = {}
         for mode in (None, False):
-            with dashvl.compress(model, ratio=0.75, layer=2, cuda_graph=mode) as h:
+            with dashvl.compress(model, method="dash", ratio=0.75, layer=2, cuda_graph=mode) as h:
                 for _ in range(2):  # capture, then replay
                     graphed[mode] = model(**inputs, use_cache=True, logits_to_keep=1).logits.float()
                 if mode is None:

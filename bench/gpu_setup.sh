@@ -6,8 +6,14 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp}
 EXTRA_WHEELS=${EXTRA_WHEELS:-}
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl $EXTRA_WHEELS && export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD || exit 1
+  # the same wheels already in /tmp/site (an earlier call on a warm machine, or a process started alongside): keep
+  # them, since reinstalling replaces files under a running process's lazy imports
+  WANT=$(for w in .whl/*.whl $EXTRA_WHEELS; do basename "$w"; done | sort | tr '\n' ' ')
+  if [ "$(cat /tmp/site/.dashvl_wheels 2>/dev/null)" != "$WANT" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl $EXTRA_WHEELS && echo "$WANT" > /tmp/site/.dashvl_wheels || exit 1
+  fi
+  export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
 fi
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
 clean() { grep -v '^\[transformers\]' ; }

@@ -112,7 +112,7 @@ def main(argv=None):
              f"{report['device']}", ""]
     for name, settings in [("unmodified", None), ("dash, layers one by one", dict(cuda_graph=False)),
                            ("dash, cuda graph", dict(cuda_graph=None))]:
-        handle = dashvl.compress(model, ratio=args.ratio, layer=args.layer, **settings) if settings else None
+        handle = dashvl.compress(model, method="dash", ratio=args.ratio, layer=args.layer, **settings) if settings else None
         with torch.no_grad():
             for _ in range(3):
                 call()  # warm-up (and the graph's capture)

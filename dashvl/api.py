@@ -6,7 +6,7 @@ import dataclasses
 from torch import nn
 
 from .adapters import adapter_for
-from .config import TEXT_DEFAULTS, DashConfig
+from .config import TEXT_DEFAULTS, VISION_DEFAULTS, DashConfig
 from .engine import DashHandle, handles
 
 __all__ = ["compress", "restore", "get_handle"]
@@ -18,7 +18,9 @@ def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> 
     ``compress(model, ratio=0.5, layer=2)`` or ``compress(model, DashConfig(...))``; keyword settings
     override the config's fields. Without a config, a text-only LM takes the settings the call leaves out from
     ``dashvl.config.TEXT_DEFAULTS`` (dash-snap, layer 0.4·L, ratio 0.25: what the text accuracy table supports),
-    a vision-language model from ``DashConfig``'s defaults (the paper's). Compressing an already compressed model replaces the old settings
+    a vision-language model from ``dashvl.config.VISION_DEFAULTS`` (FastV's score at layer 2, 2/3 of the visual
+    tokens halting: what the vision-language table on real-LLM VLMs supports); ``DashConfig()`` itself is the
+    paper's setting. Compressing an already compressed model replaces the old settings
     (``compress`` twice equals ``compress`` once). Every check runs before the model is touched.
 
     Raises:
@@ -26,7 +28,7 @@ def compress(model: nn.Module, config: DashConfig | None = None, **settings) -> 
             generation setting; the message names what is allowed.
     """
     if config is None:
-        defaults = TEXT_DEFAULTS if getattr(adapter_for(model), "text_only", False) else {}
+        defaults = TEXT_DEFAULTS if getattr(adapter_for(model), "text_only", False) else VISION_DEFAULTS
         config = DashConfig(**{**defaults, **settings})
     elif settings:
         config = dataclasses.replace(config, **settings)

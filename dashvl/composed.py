@@ -19,7 +19,8 @@ import torch
 
 from . import pretrained
 
-__all__ = ["COMPOSED", "Composed", "load_composed", "lm_state_for", "merge_lora", "LORA_TARGETS", "available"]
+__all__ = ["COMPOSED", "Composed", "load_composed", "lm_state_for", "merge_lora", "LORA_TARGETS", "available",
+           "BARS", "meets_bars"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
@@ -41,6 +42,22 @@ COMPOSED = {
     "qwen2-vl-smollm2": Composed("qwen2_vl", "smollm2-135m-instruct", ASSETS / "qwen2-vl-smollm2"),
     "llava-smollm2": Composed("llava", "smollm2-135m-instruct", ASSETS / "llava-smollm2"),
 }
+
+
+# the bundled toys' bars on the synthetic suite (their model cards): a composed model becomes the default model only
+# once its recorded accuracy (eval_test.json, written by synthvqa.train.bundle) meets every one
+BARS = {"existence": 0.9, "colour": 0.9, "shape": 0.9, "count": 0.8, "position": 0.8, "reading": 0.8}
+
+
+def meets_bars(name: str) -> bool:
+    """Whether ``name``'s recorded test accuracy meets every one of ``BARS`` (False when none is recorded)."""
+    import json
+
+    path = COMPOSED[name].folder / "eval_test.json"
+    if not path.exists():
+        return False
+    accuracy = json.loads(path.read_text()).get("accuracy", {})
+    return all(accuracy.get(family, 0.0) >= bar for family, bar in BARS.items())
 
 
 def available(name: str) -> bool:

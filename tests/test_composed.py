@@ -75,6 +75,7 @@ def test_saved_parts_load_as_the_trained_model(built, tmp_path):
     out = loaded(**proc(text=[prompt_for(proc, s.question)], images=[s.image], return_tensors="pt")).logits
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)  # merged B·A against (x·A)·B: float rounding
     assert loaded.lm_head.weight.data_ptr() == loaded.model.language_model.embed_tokens.weight.data_ptr()
+    assert proc.tokenizer.padding_side == "left"  # batched generation (the evaluation, the viewer's batches)
 
 
 def test_missing_parts_and_missing_wheel_are_named(tmp_path, monkeypatch):
@@ -91,6 +92,47 @@ def test_missing_parts_and_missing_wheel_are_named(tmp_path, monkeypatch):
 def test_the_default_model_is_the_composed_qwen2_vl_once_bundled(monkeypatch):
     from dashvl import models
     monkeypatch.setattr(composed, "available", lambda name: name == "qwen2-vl-smollm2")
+    monkeypatch.setattr(composed, "meets_bars", lambda name: True)
     assert models._default() == "qwen2-vl-smollm2"
+    monkeypatch.setattr(composed, "meets_bars", lambda name: False)  # bundled but below the suite's bars
+    assert models._default() == "qwen2-vl-synth"
+    monkeypatch.setattr(composed, "meets_bars", lambda name: True)
     monkeypatch.setattr(composed, "available", lambda name: False)
     assert models._default() == "qwen2-vl-synth"
+
+
+def test_meets_bars_reads_the_recorded_accuracy(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setitem(composed.COMPOSED, "llava-smollm2", composed.Composed("llava", "smollm2-135m-instruct", tmp_path))
+    assert not composed.meets_bars("llava-smollm2")  # nothing recorded
+    accuracy = dict(composed.BARS)
+    (tmp_path / "eval_test.json").write_text(json.dumps({"accuracy": accuracy}))
+    assert composed.meets_bars("llava-smollm2")
+    accuracy["position"] = 0.79
+    (tmp_path / "eval_test.json").write_text(json.dumps({"accuracy": accuracy}))
+    assert not composed.meets_bars("llava-smollm2")
+
+
+
+def test_bundle_unpacks_evaluates_and_writes_the_card(built, tmp_path):
+    """synthvqa.train.bundle: the device's tar -> a folder dashvl loads, its accuracy and text answers recorded, a
+    card that says whether it meets the bars (an untrained model: below them)."""
+    import json
+
+    from synthvqa.train.bundle import bundle
+    from synthvqa.train.smol import save_composed
+
+    name, model, processor = built
+    run = dict(model=model, processor=processor, steps=0, train_s=0.0, n_params=0, device="cpu")
+    save_composed(name, run, None, types.SimpleNamespace(out=str(tmp_path / "out"), pack=True), log=lambda *a: None)
+    dest = tmp_path / "assets" / name
+    result = bundle(name, tmp_path / "out" / f"{name}.tar", 1, dest=dest, log=lambda *a: None)
+    assert {"trained.safetensors", "config.json", "tokenizer.json", "eval_test.json", "README.md"} <= \
+        {p.name for p in dest.iterdir()}
+    recorded = json.loads((dest / "eval_test.json").read_text())
+    assert recorded["accuracy"] == result["accuracy"] and set(result["n"].values()) == {1}
+    assert len(recorded["text_check"]) == len(recorded["smollm2_text"]) == 3
+    # before training (LoRA at zero) the model answers text as SmolLM2 does
+    assert [t["answer"] for t in recorded["text_check"]] == [t["answer"] for t in recorded["smollm2_text"]]
+    assert "## Status: below the suite's bars" in (dest / "README.md").read_text()

@@ -226,3 +226,41 @@ def test_tiled_llava_models_run_through_the_llava_bridge(tmp_path, name):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "comparison.md").read_text()
     assert "dash-0.5" in table and "baseline" in table
+
+
+@pytest.mark.parametrize("name", ["tiny-random-internvl", "tiny-random-gemma3"])
+def test_internvl_and_gemma3_run_through_the_chat_bridge(tmp_path, name):
+    """InternVL and Gemma 3 (tiny, random weights) through dashvl's chat bridge (the processor's own chat template,
+    images per prompt): a baseline and a DASH row, the halting recorded per sample."""
+    from dashvl.lmms_eval_plugin import model_id_for
+
+    assert model_id_for(name) == "dashvl_chat"
+    proc = run(RUN, "--model", name, "--tasks", "synth_mme", "--ratio", "0,0.5", "--layer", "1",
+               "--limit", "2", "--batch-size", "2", "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for label in ("baseline", "dash-0.5"):
+        assert len(responses(tmp_path / label / "samples_synth_mme.jsonl")) == 2
+        stats = [json.loads(line) for line in (tmp_path / label / "prefill.jsonl").read_text().splitlines()]
+        assert len(stats) == 2 and all(s["visual_tokens"] > 0 and s["batch"] == 2 for s in stats)
+        assert all((s["halted"] > 0) == (label == "dash-0.5") for s in stats)
+    table = (tmp_path / "comparison.md").read_text()
+    assert "dash-0.5" in table and "baseline" in table
+
+
+def test_the_chat_bridge_prompts_through_the_processor_template():
+    """The chat bridge's prompt is the processor's own chat template with one image entry per image (the
+    ``<image>`` placeholder of lmms-eval's contexts taken out)."""
+    script = textwrap.dedent("""
+        import dashvl
+        from dashvl.lmms_eval_plugin import DashChat
+        m = DashChat(pretrained="tiny-random-gemma3", device="cpu")
+        _, proc = dashvl.load_model("tiny-random-gemma3", device="cpu")
+        want = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+            {"type": "text", "text": "Is it red?"}]}], add_generation_prompt=True)
+        assert m._prompt("<image> Is it red?", 2) == want, (m._prompt("<image> Is it red?", 2), want)
+        assert want.count("<start_of_image>") == 2
+        print("ok")
+    """)
+    proc = run("-c", script)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+

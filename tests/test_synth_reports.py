@@ -58,8 +58,8 @@ def test_halted_cells_counts_what_dash_halts(tmp_path):
     out.write_text("the tables\n")
     lines = main(["--models", "qwen2-vl-synth", "--per-family", "1", "--ratios", "0.5", "--out", str(out)])
     cells = lines[2].strip("|").split("|")
-    shares = [float(c.strip().rstrip("%")) for c in cells[2:]]
-    assert cells[0].strip() == "qwen2-vl-synth" and all(0 <= v <= 100 for v in shares)
+    shares = [float(c.strip().rstrip("%")) for c in cells[3:]]
+    assert [c.strip() for c in cells[:3]] == ["qwen2-vl-synth", "1", "0.5"] and all(0 <= v <= 100 for v in shares)
     assert shares[0] > 0  # at ratio 0.5 some image tokens halt
     text = out.read_text()
     assert text.startswith("the tables\n\n<!-- cells:start -->") and lines[2] in text

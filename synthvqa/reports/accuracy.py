@@ -88,7 +88,7 @@ def picture(model, processor, path, ratio, layer):
     text = processor.apply_chat_template([{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": sample.question}]}], add_generation_prompt=True)
     inputs = processor(text=[text], images=[sample.image], return_tensors="pt").to(model.device)
-    with dashvl.compress(model, ratio=ratio, layer=layer) as h, torch.no_grad():
+    with dashvl.compress(model, dashvl.DashConfig(ratio=ratio, layer=layer)) as h, torch.no_grad():  # the paper's Δ
         model(**inputs)
     overlay = viz.halted_overlay(h.trace, sample.image, 0)
     heat = viz.delta_heatmap(h.trace, sample.image, 0)
@@ -148,7 +148,7 @@ def main(argv=None):
                 result = evaluate(model, processor, args.per_family, batch=args.batch, workers=0,
                                   device=str(model.device), log=quiet)
             else:
-                with dashvl.compress(model, **cfg):
+                with dashvl.compress(model, dashvl.DashConfig(**cfg)):  # a row's settings over the paper's, not VISION_DEFAULTS
                     result = evaluate(model, processor, args.per_family, batch=args.batch, workers=0,
                                       device=str(model.device), log=quiet)
             rows.append((label, result["accuracy"]))

@@ -152,6 +152,7 @@ def train(name: str, args, log=print) -> dict:
     train_s = time.time() - t0
     hook.remove()
     model.config._attn_implementation = "sdpa"  # the packed vision attention is for training only
-    log(f"trained {step} steps × {args.batch} in {train_s:.0f} s ({step / max(train_s, 1e-9):.2f} steps/s)")
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else ""
+    log(f"trained {step} steps × {args.batch} in {train_s:.0f} s ({step / max(train_s, 1e-9):.2f} steps/s{peak})")
     return {"model": model, "processor": processor, "steps": step, "train_s": train_s, "n_params": n_params,
             "device": device, "round": round_}

@@ -65,6 +65,7 @@ def _processor(family: str, toy):
     tok = pretrained.load_tokenizer("smollm2-135m-instruct")
     tok.add_special_tokens({"additional_special_tokens": _ADDED[family]})
     tok.padding_side = "left"
+    tok.init_kwargs["padding_side"] = "left"  # what save_pretrained writes: batched generation pads on the left
     if family == "qwen2_vl":
         return Qwen2VLProcessor(image_processor=toy.image_processor, video_processor=toy.video_processor,
                                 tokenizer=tok, chat_template=chat_template(family))
@@ -189,6 +190,8 @@ def save_composed(name: str, run: dict, result: dict | None, args, log=print) ->
     run["processor"].save_pretrained(folder)
     save_file(trained_parts(model), str(folder / "trained.safetensors"))
     info = {k: run.get(k) for k in ("steps", "train_s", "n_params", "device", "text_check")}
+    if run.get("device") == "cuda":
+        info["device_name"] = torch.cuda.get_device_name()
     (folder / "training.json").write_text(json.dumps(dict(info, argv=list(__import__("sys").argv), result=result),
                                                      indent=1))
     if result is not None:
