@@ -18,6 +18,13 @@ SHAPES = {
                         num_key_value_heads=4, intermediate_size=18944, vocab_size=152064),
     "llava-1.5-7b": dict(family="llava", num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
                          num_key_value_heads=32, intermediate_size=11008, vocab_size=32064),
+    # Qwen3-VL-8B-Instruct's text model (interleaved M-RoPE [24, 20, 20], theta 5e6; DeepStack into layers 0-2)
+    "qwen3-vl-8b": dict(family="qwen3_vl", num_hidden_layers=36, hidden_size=4096, num_attention_heads=32,
+                        num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936),
+    # LLaVA-OneVision-Qwen2-7B: Qwen2-7B under a SigLIP-so400m tower, anyres_max_9
+    "llava-onevision-7b": dict(family="llava_onevision", num_hidden_layers=28, hidden_size=3584,
+                               num_attention_heads=28, num_key_value_heads=4, intermediate_size=18944,
+                               vocab_size=152128),
     # the CPU benchmark's mid-size models (small vision towers)
     "qwen2-vl-mid": dict(family="qwen2_vl", num_hidden_layers=8, hidden_size=512, num_attention_heads=8,
                          num_key_value_heads=2, intermediate_size=1408, vocab_size=8192),
@@ -32,7 +39,7 @@ SHAPES = {
     "llava-mid": dict(family="llava", num_hidden_layers=8, hidden_size=512, num_attention_heads=8,
                       num_key_value_heads=8, intermediate_size=1408, vocab_size=8192),
 }
-REAL_VISION = ("qwen2-vl-7b", "llava-1.5-7b")
+REAL_VISION = ("qwen2-vl-7b", "llava-1.5-7b", "qwen3-vl-8b", "llava-onevision-7b")
 
 
 def build_model(name: str, device: str, dtype, attn: str = "sdpa", vision: bool = True):
@@ -52,6 +59,35 @@ def build_model(name: str, device: str, dtype, attn: str = "sdpa", vision: bool 
         config = Qwen2VLConfig(text_config=text, vision_config=vision_cfg, image_token_id=v - 2,
                                video_token_id=v - 1, vision_start_token_id=v - 4, vision_end_token_id=v - 3)
         cls = Qwen2VLForConditionalGeneration
+    elif family == "qwen3_vl":
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        text = dict(shape, max_position_embeddings=262144, bos_token_id=0, eos_token_id=1,
+                    rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                     "mrope_interleaved": True})
+        big = vision and name in REAL_VISION
+        vision_cfg = dict(depth=27 if big else 3, hidden_size=1152 if big else 64, intermediate_size=4304 if big else 128,
+                          num_heads=16 if big else 2, out_hidden_size=shape["hidden_size"], patch_size=16,
+                          spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                          deepstack_visual_indexes=[8, 16, 24] if big else [0, 1, 2])
+        v = shape["vocab_size"]
+        config = Qwen3VLConfig(text_config=text, vision_config=vision_cfg, image_token_id=v - 2, video_token_id=v - 1,
+                               vision_start_token_id=v - 4, vision_end_token_id=v - 3, tie_word_embeddings=False)
+        cls = Qwen3VLForConditionalGeneration
+    elif family == "llava_onevision":
+        from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
+        from transformers.models.auto import CONFIG_MAPPING
+        big = vision and name in REAL_VISION
+        text = CONFIG_MAPPING["qwen2"](**shape, max_position_embeddings=32768, rope_theta=1e6, bos_token_id=0,
+                                       eos_token_id=1, tie_word_embeddings=False)
+        siglip = SiglipVisionConfig(hidden_size=1152 if big else 64, intermediate_size=4304 if big else 128,
+                                    num_hidden_layers=26 if big else 2, num_attention_heads=16 if big else 2,
+                                    image_size=384, patch_size=14)
+        pinpoints = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]  # the 7B's 6x6 grid
+        config = LlavaOnevisionConfig(vision_config=siglip, text_config=text, image_token_index=shape["vocab_size"] - 2,
+                                      video_token_index=shape["vocab_size"] - 1, vision_feature_select_strategy="full",
+                                      vision_feature_layer=-1, image_grid_pinpoints=pinpoints,
+                                      vision_aspect_ratio="anyres_max_9", tie_word_embeddings=False)
+        cls = LlavaOnevisionForConditionalGeneration
     else:
         from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
         big = vision and name in REAL_VISION
@@ -74,7 +110,10 @@ def visual_inputs(model, tokens: int, device) -> dict:
     cfg = model.config
     prefix = torch.randint(10, 1000, (12,))
     suffix = torch.randint(10, 1000, (12,))
-    if cfg.model_type == "qwen2_vl":
+    if cfg.model_type == "llava_onevision":
+        raise ValueError("visual_inputs builds Qwen2-VL / Qwen3-VL and LLaVA-1.5 image prompts; for "
+                         "llava-onevision-7b time text prompts (--mode llm)")
+    if cfg.model_type in ("qwen2_vl", "qwen3_vl"):
         n_img = math.ceil(tokens / 4096)
         side = round(math.sqrt(tokens / n_img))           # merged tokens per side
         patch = cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size ** 2 * 3

@@ -79,7 +79,7 @@ def test_paired_decode_twins_share_the_weights_and_decode_as_generate(tmp_path):
     copy = twin(model)
     assert all(a is b for a, b in zip(model.parameters(), copy.parameters()))
     inputs = make_inputs(model, "llm", 40, 2, "cpu")
-    with dashvl.compress(model, ratio=0.5, layer=2), torch.no_grad():
+    with dashvl.compress(model, dashvl.DashConfig(ratio=0.5, layer=2)), torch.no_grad():  # what Decoder installs
         want = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     decoder = Decoder(copy, inputs, dict(ratio=0.5, layer=2))
     with torch.no_grad():

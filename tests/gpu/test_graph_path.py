@@ -14,12 +14,17 @@ import pytest
 import torch
 
 import dashvl
-from tests.helpers import generate, make_inputs
+from tests.helpers import build, generate, make_inputs
 
 ATOL = 1e-4
-# every backbone the CPU tests build: the two model families, LLaVA on other text models, plain decoders
-# (Mistral with its sliding-window cache)
-BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
+# every backbone the CPU tests build whose halted layers are of one kind: the vision-language families, LLaVA on
+# other text models, plain decoders (Mistral with its sliding-window cache, window longer than the prompts)
+BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "internvl",
+             "llava-mistral", "llava-qwen2", "llama", "qwen2", "mistral")
+# halted layers of several kinds (sliding-window and global, per-kind rotary embeddings): no graph path, so the
+# check is that the layers run one by one on the GPU give what they give on the CPU
+SEVERAL_KINDS = ("gemma3", "gemma3_text", "mistral-window")
+CROSS_DEVICE_ATOL = 1e-3  # float32 GPU against CPU kernels: summation order only
 
 
 def compare(model, inputs, kv="drop", **kw) -> dict:
@@ -42,6 +47,27 @@ def test_graph_equals_layers_one_by_one(on_gpu, cuda, record, family, batch, kv)
     model, _ = on_gpu(family)
     inputs = {k: v.to(cuda) for k, v in make_inputs(family, batch).items()}
     result = compare(model, inputs, kv)
+    record(result)
+    assert result["ok"], result
+
+
+@pytest.mark.parametrize("family", SEVERAL_KINDS)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_several_layer_kinds_match_the_cpu(on_gpu, cuda, record, family, batch, kv):
+    model, _ = build(family)
+    inputs = make_inputs(family, batch)
+    config = dict(method="dash", ratio=0.5, layer=1, kv=kv)
+    with dashvl.compress(model, **config):
+        want = generate(model, inputs)
+    model, _ = on_gpu(family)
+    with dashvl.compress(model, **config) as h:
+        got = generate(model, {k: v.to(cuda) for k, v in inputs.items()})
+        graph = h._graphs is not None
+    diff = max((g.cpu() - w).abs().max().item() for g, w in zip(got.logits, want.logits))
+    same = torch.equal(got.sequences.cpu(), want.sequences)
+    result = dict(same_tokens=same, max_logit_diff=diff, graph_path=graph,
+                  ok=same and diff < CROSS_DEVICE_ATOL and not graph)
     record(result)
     assert result["ok"], result
 
