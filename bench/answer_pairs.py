@@ -28,7 +28,7 @@ import statistics
 import torch
 from tqdm import tqdm
 
-from bench.common import setup
+from bench.common import model_args, setup
 from bench.decode_pairs import twin
 from bench.gpu_generate import _clock, baseline_settings, install, label, make_inputs
 
@@ -86,12 +86,7 @@ def markdown(rows, new: int) -> str:
 
 def main(argv=None, **defaults):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2-vl-7b")
-    p.add_argument("--mode", default="llm", choices=["llm", "e2e"], help="llm: text prompts; e2e: images "
-                   "through the real vision tower (--tokens = visual tokens)")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--attn", default="sdpa")
+    model_args(p)
     p.add_argument("--tokens", default="1024")
     p.add_argument("--batch", default="1")
     p.add_argument("--new", type=int, default=64, help="answer length (new tokens)")

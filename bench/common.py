@@ -244,6 +244,16 @@ def markdown(rows, extra_cols=()) -> str:
     return "\n".join(out)
 
 
+def model_args(p) -> None:
+    """The arguments ``setup`` reads: --model, --mode, --device, --threads, --attn."""
+    p.add_argument("--model", default="qwen2-vl-7b", help=f"one of {', '.join(SHAPES)}")
+    p.add_argument("--mode", default="llm", choices=["llm", "e2e"], help="llm: text prompts; e2e: images "
+                   "through the real vision tower (--tokens = visual tokens)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--attn", default="sdpa")
+
+
 def setup(args, script: str, argv=None):
     """The benchmarks' common start: threads, seed, the model at ``args.model``'s shapes (bf16 on CUDA, float32 on
     the CPU; the real vision tower only with ``args.mode == "e2e"``) and the record of machine, versions and

@@ -29,7 +29,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench.common import setup
+from bench.common import model_args, setup
 from bench.gpu_generate import baseline_settings, install, label, make_inputs
 
 DEFAULT_SETTINGS = "unmodified;unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep"
@@ -157,11 +157,7 @@ def markdown(rows) -> str:
 
 def main(argv=None, **defaults):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2-vl-7b")
-    p.add_argument("--mode", default="llm", choices=["llm", "e2e"])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--attn", default="sdpa")
+    model_args(p)
     p.add_argument("--tokens", default="1088,16448")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--steps", type=int, default=200, help="timed steps per setting (after --warmup)")

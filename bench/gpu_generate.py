@@ -32,7 +32,7 @@ import time
 import torch
 
 import dashvl
-from bench.common import setup, visual_inputs
+from bench.common import model_args, setup, visual_inputs
 
 DEFAULT_SETTINGS = "unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep;ratio=0.75,layer=2,cuda_graph=False"
 
@@ -204,12 +204,7 @@ def markdown(rows, new_tokens) -> str:
 
 def main(argv=None, **defaults):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2-vl-7b")
-    p.add_argument("--mode", default="llm", choices=["llm", "e2e"], help="llm: text prompts; e2e: images "
-                   "through the real vision tower (--tokens = visual tokens)")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--attn", default="sdpa")
+    model_args(p)
     p.add_argument("--tokens", default="1088,4160,16448")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--new", default="32,128", help="answer lengths (new tokens) to time whole")

@@ -23,17 +23,14 @@ import os
 import torch
 
 import dashvl
-from bench.common import Variant, _timed, markdown, setup, time_settings, visual_inputs
+from bench.common import Variant, _timed, markdown, model_args, setup, time_settings, visual_inputs
 from dashvl import policy
 from dashvl.setting import Setting, method_names
 
 
 def main(argv=None, **defaults):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2-vl-7b")
-    p.add_argument("--mode", default="llm", choices=["llm", "e2e"])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    model_args(p)
     p.add_argument("--tokens", default="1088,2112,4160,16448")
     p.add_argument("--ratios", default="0,0.5,0.75,0.9")
     p.add_argument("--layers", default="2", help="comma list; a float is a fraction of the depth")
@@ -46,7 +43,6 @@ def main(argv=None, **defaults):
                    "baseline (images giving (1 - ratio) of the visual tokens), timed next to the settings")
     p.add_argument("--graph", default="auto", help="comma list of auto (the default: the halted layers replay "
                    "a CUDA graph where they can) and off (cuda_graph=False: the layers run one by one)")
-    p.add_argument("--attn", default="sdpa")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
