@@ -5,7 +5,8 @@
 #                                            (tests/gpu/test_flash4.py) and the prefill/generate benchmarks
 # Why two calls: nvidia-cutlass-dsl-libs-cu13 is 92 MB, over one call's 64 MiB, so it travels in halves.
 # Fill .fa4/ here (once) with: bash bench/run_gpu_flash4.sh fetch      (needs PyPI; the device has none)
-# STEPS (default "checks prefill generate") picks what step 2 runs.
+# STEPS (default "checks prefill generate") picks what step 2 runs; "keep": kv="keep" on FA4 (keep_attention's
+# kernel checks and bench/gpu_keep.py at Qwen2-VL-7B shapes).
 set -uo pipefail
 STASH=/root/fa4
 WHEELS="flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1
@@ -45,6 +46,11 @@ for step in ${STEPS:-checks prefill generate}; do
           --tag _fa4cmp --out "$OUT" 2>&1 | clean | grep -v "^{'device'"
       done
     done ;;
+  keep)
+    DASHVL_GPU_REPORT="$OUT/keep_kernels_fa4.json" timeout ${CHECK_TIMEOUT:-240} python3 -m pytest -q \
+      -p no:cacheprovider tests/gpu/test_keep_kernels.py tests/gpu/test_flash4.py -k "fa4 or flash_attention_4" 2>&1 | clean | tail -15
+    timeout ${KEEP_TIMEOUT:-200} python3 -m bench.gpu_keep --model qwen2-vl-7b --attn flash_attention_4 \
+      --tokens ${TOKENS:-1088,4160,16448} --reps 5 --warmup 2 --out "$OUT" 2>&1 | clean | grep -v "^{'device'" ;;
   generate)
     timeout ${GEN_TIMEOUT:-240} python3 -m bench.gpu_generate --model qwen2-vl-7b --mode llm --attn flash_attention_4 \
       --cache dynamic --settings "unmodified;ratio=0;ratio=0.75,layer=2;unmodified" \

@@ -56,14 +56,13 @@ def test_unsupported_attention_backend():
 
 
 @pytest.mark.parametrize("backend", ["flash_attention_2", "flash_attention_3", "flash_attention_4"])
-def test_keep_refused_with_flash_attention(backend):
+def test_keep_accepted_with_flash_attention(backend):
+    """kv="keep" runs on the flash backends through keep_attention (tests/test_keep_attention.py checks it)."""
     model, _ = tiny_decoder("llama", attn="sdpa")
     model.config._attn_implementation = backend
-    with pytest.raises(ValueError, match=rf"kv='keep' needs an explicit attention mask, which {backend} cannot take; "
-                                         rf"use kv='drop' with {backend}"):
-        dashvl.compress(model, method="dash", kv="keep")
-    dashvl.compress(model, method="dash", kv="drop")  # drop is fine there
-    dashvl.restore(model)
+    for kv in ("keep", "drop"):
+        dashvl.compress(model, method="dash", kv=kv)
+        dashvl.restore(model)
 
 
 def test_hub_kernel_backends_are_refused():

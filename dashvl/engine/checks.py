@@ -4,6 +4,7 @@ from __future__ import annotations
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..adapters import SUPPORTED_ATTENTION
+from . import keep_attention
 from .static_cache import is_static
 
 __all__ = ["check_backend", "check_generation", "check_call", "check_compiled_call", "check_cache",
@@ -19,9 +20,9 @@ def check_backend(backend: str, kv_mode: str) -> None:
     if backend not in SUPPORTED_ATTENTION:
         raise ValueError(f"attention backend {backend!r} is not supported by dashvl; use one of "
                          f"{', '.join(SUPPORTED_ATTENTION)} (attn_implementation=... when loading)")
-    if backend.startswith("flash") and kv_mode == "keep":
-        raise ValueError(f"kv='keep' needs an explicit attention mask, which {backend} cannot take; "
-                         f"use kv='drop' with {backend}, or attn_implementation='sdpa' / 'eager'")
+    if backend.startswith("flash") and kv_mode == "keep" and keep_attention.MODE == "never":
+        raise ValueError(f"kv='keep' on {backend} needs dashvl's keep attention, which "
+                         "dashvl.engine.keep_attention.MODE='never' turns off; set MODE='auto', or use kv='drop'")
 
 
 def check_generation(model) -> None:

@@ -44,7 +44,7 @@ from transformers.cache_utils import DynamicCache
 
 from .. import policy
 from ..methods import ScoreContext
-from . import checks, graphs, region, static_cache, windows
+from . import checks, graphs, keep_attention, region, static_cache, windows
 from .plan import CallPlan, plan_call
 from .record import TraceParts
 
@@ -205,7 +205,10 @@ class CallFlow:
             self._history_hooks += [layer.register_forward_pre_hook(self.on_layer_input, with_kwargs=True)
                                     for layer in self._input_layers]
         if self.short_layers is not None and (plan.num_halted is not None or plan.layout is not None):
-            width = self._graph_width(plan, kwargs)
+            plan.fast_keep = plan.frozen_keys is not None and keep_attention.applies(
+                self.call_backend, plan.real.device, next(self.halted_layers[0].parameters()).dtype, plan.length,
+                self.kinds is not None and self.kinds.windowed, plan.blocks is not None)
+            width = None if plan.fast_keep else self._graph_width(plan, kwargs)
             if width is not None:
                 plan.use_graph(width)
             self.stack.layers = self.short_layers  # restored by on_stack_end / on_model_end
@@ -360,14 +363,16 @@ class CallFlow:
             return hidden
         kwargs.update(inputs.overrides)
         hidden, frozen_keys, by_layer = inputs.hidden, plan.frozen_keys, inputs.by_layer
-        for i, (layer_index, decoder_layer) in enumerate(enumerate(self.halted_layers, self.first_halted)):
-            rope = None
-            if by_layer is not None:  # layers of several kinds: each with its own mask and cos/sin
-                kwargs.update(by_layer[i])
-                rope = self.kinds.per_layer[i][1]
-            if frozen_keys is not None:  # kv="keep": the halted tokens' keys/values first, in its cache layer
-                frozen_keys.write(decoder_layer, layer_index, rope)
-            hidden = decoder_layer(hidden, **kwargs)
+        switched = keep_attention.switched(self.attention_config) if inputs.fast_keep else contextlib.nullcontext()
+        with switched:  # kv="keep" without a mask: the halted layers' attention is keep_attention
+            for i, (layer_index, decoder_layer) in enumerate(enumerate(self.halted_layers, self.first_halted)):
+                rope = None
+                if by_layer is not None:  # layers of several kinds: each with its own mask and cos/sin
+                    kwargs.update(by_layer[i])
+                    rope = self.kinds.per_layer[i][1]
+                if frozen_keys is not None:  # kv="keep": the halted tokens' keys/values first, in its cache layer
+                    frozen_keys.write(decoder_layer, layer_index, rope)
+                hidden = decoder_layer(hidden, **kwargs)
         return inputs.scatter(hidden) if plan.active is not None else hidden
 
     def _decode_kinds(self, plan: CallPlan, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:

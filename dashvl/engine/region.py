@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import policy
+from .keep_attention import KeepChunks
 from .windows import effective_window
 
 __all__ = ["CacheLayout", "HaltedRunner", "RegionInputs", "enter", "attention_mask", "step_mask", "gather_tokens",
@@ -96,13 +97,14 @@ class RegionInputs:
         index, valid, all_valid: the plan's gather indices (long / bool [B, A]) and whether all slots are real.
     """
 
-    __slots__ = ("hidden", "overrides", "frozen", "index", "valid", "all_valid", "by_layer")
+    __slots__ = ("hidden", "overrides", "frozen", "index", "valid", "all_valid", "by_layer", "fast_keep")
 
     def __init__(self, hidden, overrides: dict, frozen=None, index=None, valid=None, all_valid: bool = True,
-                 by_layer=None):
+                 by_layer=None, fast_keep: bool = False):
         self.hidden, self.overrides, self.frozen = hidden, overrides, frozen
         self.index, self.valid, self.all_valid = index, valid, all_valid
         self.by_layer = by_layer
+        self.fast_keep = fast_keep  # the halted layers' "mask" is a KeepChunks for keep_attention
 
     def scatter(self, out: torch.Tensor) -> torch.Tensor:
         """The region's output [B, A, d] back in place among the frozen states: [B, T, d]."""
@@ -115,7 +117,7 @@ def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cac
     ``rotaries``: {rope kind: (cos, sin) [B or 1, T, head_dim]}; the key None when every halted layer takes the
     call's. ``kinds``: the halted layers' ``windows.RegionKinds``, or None (all alike). Records the cache layout
     in ``layouts`` (cache -> CacheLayout). None when nothing halted, now or earlier in this cache: the layers
-    run as usual."""
+    run as usual. A kv="keep" prompt on the fast path (``plan.fast_keep``) gets a ``KeepChunks`` for a mask."""
     layout, compact = plan.layout, plan.active is not None
     if not compact and layout is None:
         return None
@@ -150,7 +152,11 @@ def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cac
     if plan.blocks is not None and T > 1:  # Gemma 3's images: their tokens see each other both ways
         blocks = (block_of(plan.blocks, q_pos, past), block_of(plan.blocks, key_pos, past))
 
+    chunks = KeepChunks(key_pos, q_pos.shape[1], backend) if compact and plan.fast_keep else None
+
     def mask(window=None):
+        if chunks is not None:  # by rank, no mask (flash serves windowed layers within the window only)
+            return chunks
         return attention_mask(key_pos, q_pos, keys_valid, fresh, backend, hidden.dtype,
                               effective_window(window, past + T), blocks)
 
@@ -160,7 +166,8 @@ def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cac
     else:
         masks = {w: mask(w) for w in kinds.windows}
         by_layer = [{"attention_mask": masks[w], "position_embeddings": rotaries[r]} for w, r in kinds.per_layer]
-    return RegionInputs(hidden, overrides, frozen, plan.index, plan.valid, plan.all_valid, by_layer)
+    return RegionInputs(hidden, overrides, frozen, plan.index, plan.valid, plan.all_valid, by_layer,
+                        chunks is not None)
 
 
 def _past_keys(plan, device):

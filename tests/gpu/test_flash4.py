@@ -12,7 +12,8 @@ batch 1 and a left-padded batch of 3, greedy ``generate()``:
   depend on the kernels' rounding, so both halt the same set; Δ's ranking can swap near-equal tokens in bf16):
   the same first tokens, and the prefill logits as close as the *unmodified* FA4 and SDPA models are to each
   other (twice their gap: the kernels' own bf16 rounding, which is what "within bf16 tolerance" means here);
-- DASH with Δ on FA4 and SDPA halting nearly the same tokens (recorded: the overlap of the halted sets).
+- DASH with Δ on FA4 and SDPA halting nearly the same tokens (recorded: the overlap of the halted sets);
+- kv="keep" on FA4 (``keep_attention`` with FA4's varlen kernels) against SDPA's masked keep, as close as that.
 
     python -m pytest tests/gpu/test_flash4.py      # on the device, after bash bench/run_gpu_flash4.sh's set-up
 """
@@ -107,9 +108,9 @@ def test_flash_attention_4_against_itself_and_sdpa(fa4, model, record, batch):
         out[backend, "random_layers"] = _run(model, inputs, **random, cuda_graph=False)
         out[backend, "random_graph"] = _run(model, inputs, **random, cuda_graph=None)
         out[backend, "dash"] = _run(model, inputs, **dash)
+        # kv="keep": SDPA with its mask (a short prompt), FA4 through keep_attention (FA4's varlen kernels)
+        out[backend, "random_keep"] = _run(model, inputs, **dict(random, kv="keep"))
     zero, _ = _run(model, inputs, ratio=0.0, layer=2)  # the model is on FA4 now
-    with pytest.raises(ValueError, match="kv='keep' needs an explicit attention mask, which flash_attention_4"):
-        dashvl.compress(model, ratio=0.5, kv="keep")
     _set(model, "sdpa")
 
     fa_unmod, sd_unmod = out[fa4, "unmodified"][0], out["sdpa", "unmodified"][0]
@@ -131,6 +132,9 @@ def test_flash_attention_4_against_itself_and_sdpa(fa4, model, record, batch):
         first_token_same=torch.equal(fa_layers[0].sequences[:, -NEW], sd_layers[0].sequences[:, -NEW]),
         delta_halted_overlap=((h_fa & h_sd).sum() / h_sd.sum().clamp(min=1)).item(),
         halted_per_row=h_fa.sum(1).tolist(),
+        keep_same_halted_set=torch.equal(out[fa4, "random_keep"][1], out["sdpa", "random_keep"][1]),
+        keep_fa4_vs_sdpa_prefill_diff=_prefill_diff(out[fa4, "random_keep"][0], out["sdpa", "random_keep"][0]),
+        keep_fa4_vs_sdpa_tokens_agreeing=_agree(out[fa4, "random_keep"][0], out["sdpa", "random_keep"][0]),
     )
     record(result)
     assert result["ratio0_bitwise"], result
@@ -138,3 +142,5 @@ def test_flash_attention_4_against_itself_and_sdpa(fa4, model, record, batch):
     assert result["same_halted_set"] and result["first_token_same"], result
     assert result["dash_fa4_vs_sdpa_prefill_diff"] <= max(2 * kernel_gap, 1e-3), result
     assert torch.equal(h_fa.sum(1), h_sd.sum(1)), result
+    assert result["keep_same_halted_set"] and result["keep_fa4_vs_sdpa_tokens_agreeing"] >= 1, result
+    assert result["keep_fa4_vs_sdpa_prefill_diff"] <= max(2 * kernel_gap, 1e-3), result
