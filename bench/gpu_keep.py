@@ -26,23 +26,40 @@ from dashvl.engine import keep_attention as ka
 from dashvl.flops import flops_speedup
 
 
-def variants(ratios, layer: int, flash: bool):
-    """(name, compress kwargs or None, keep MODE, shared_prefix) to time."""
-    out = [("unmodified", None, None, None)]
+def variants(ratios, layer: int, flash: bool, chunks):
+    """(name, compress kwargs or None, keep MODE, shared_prefix, CHUNK) to time."""
+    out = [("unmodified", None, None, None, None)]
     for r in ratios:
-        out.append((f"drop {r}", dict(method="dash", scope="all", ratio=r, layer=layer, kv="drop"), "auto", None))
+        dash = dict(method="dash", scope="all", ratio=r, layer=layer)
+        out.append((f"drop {r}", dict(dash, kv="drop"), "auto", None, None))
         if not flash:
-            out.append((f"keep {r} masked", dict(method="dash", scope="all", ratio=r, layer=layer, kv="keep"), "never", None))
-        out.append((f"keep {r} fast", dict(method="dash", scope="all", ratio=r, layer=layer, kv="keep"), "always", True))
-        out.append((f"keep {r} fast copy", dict(method="dash", scope="all", ratio=r, layer=layer, kv="keep"), "always", False))
+            out.append((f"keep {r} masked", dict(dash, kv="keep"), "never", None, None))
+        for c in chunks:
+            out.append((f"keep {r} fast c{c}", dict(dash, kv="keep"), "always", True, c))
+        out.append((f"keep {r} fast copy c{chunks[0]}", dict(dash, kv="keep"), "always", False, chunks[0]))
     return out
 
 
-def _run_with(model, kwargs, mode, shared, kernel):
+def _run_with(model, kwargs, mode, shared, kernel, chunk):
     ka.MODE = mode or "auto"
     if kernel is not None and shared is not None:
         kernel.shared_prefix = shared
+    ka.CHUNK = chunk or ka.CHUNK
     return dashvl.compress(model, **kwargs)
+
+
+def profile(model, call, kwargs, mode, chunk, top: int = 14) -> str:
+    """The CUDA kernels of one prefill with ``kwargs`` (keep MODE ``mode``), by total device time."""
+    from torch.profiler import ProfilerActivity
+    ka.MODE, ka.CHUNK = mode, chunk or ka.CHUNK
+    with torch.no_grad(), dashvl.compress(model, **kwargs):
+        call()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+    ka.MODE = "auto"
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=60)
 
 
 def check(model, inputs, ratio, layer) -> dict:
@@ -70,6 +87,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     p.add_argument("--tag", default="")
+    p.add_argument("--chunks", default="128,256", help="keep_attention.CHUNK values to time")
+    p.add_argument("--profile", default="", help="comma list of lengths at which to print the kernels of keep 0.75")
     args = p.parse_args(argv)
     model, cuda, info = setup(args, "bench.gpu_keep", argv)
     flash = args.attn.startswith("flash")
@@ -77,7 +96,9 @@ def main(argv=None):
     info["kernel"] = type(kernel).__name__
     info["chunk"], info["span"] = ka.CHUNK, ka.SPAN
     ratios = [float(r) for r in args.ratios.split(",")]
-    todo = variants(ratios, args.layer, flash)
+    chunk_sizes = [int(c) for c in args.chunks.split(",")]
+    todo = variants(ratios, args.layer, flash, chunk_sizes)
+    default_chunk = ka.CHUNK
     results = []
     vocab = model.config.get_text_config().vocab_size
     for T in [int(t) for t in args.tokens.split(",")]:
@@ -93,14 +114,14 @@ def main(argv=None):
                 call()
             failed = {}
             for rep in range(args.warmup + args.reps):
-                for name, kwargs, mode, shared in todo:
+                for name, kwargs, mode, shared, chunk in todo:
                     if name in failed:
                         continue
                     if kwargs is None:
                         timing = _timed(call, cuda)
                     else:
                         try:
-                            with _run_with(model, kwargs, mode, shared, kernel) as h:
+                            with _run_with(model, kwargs, mode, shared, kernel, chunk) as h:
                                 timing = _timed(call, cuda)
                                 if rep == 0:
                                     limits[name] = flops_speedup(text_config(model), h.trace)
@@ -110,7 +131,8 @@ def main(argv=None):
                             continue
                     if rep >= args.warmup:
                         samples[name].append(timing)
-        ka.MODE = "auto"
+        ka.MODE, ka.CHUNK = "auto", default_chunk
+        kernel.shared_prefix = type(kernel).shared_prefix
         base = statistics.median(t for t, _ in samples["unmodified"])
         rows = []
         checks["failed"] = failed
@@ -122,7 +144,14 @@ def main(argv=None):
             rows.append(dict(setting=name, ms=ms, host_ms=host, speedup=base / ms, limit=limits[name]))
         print(f"\n## {args.model}, {T} tokens, {args.attn} ({info['kernel']}); checks: {checks}\n\n{markdown(rows)}",
               flush=True)
-        results.append(dict(tokens=T, checks=checks, rows=rows))
+        entry = dict(tokens=T, checks=checks, rows=rows)
+        if str(T) in args.profile.split(",") and cuda:
+            keep = dict(method="dash", scope="all", ratio=ratios[-1], layer=args.layer, kv="keep")
+            for mode in (["never"] if not flash else []) + ["always"]:
+                entry[f"profile_{mode}"] = table = profile(model, call, keep, mode, default_chunk)
+                print(f"\nkernels of keep {ratios[-1]} ({mode}), {T} tokens:\n{table}", flush=True)
+            ka.CHUNK = default_chunk
+        results.append(entry)
     name = f"keep_{args.model}_{args.attn}{args.tag}.json"
     with open(os.path.join(args.out, name), "w") as f:
         json.dump(dict(info=info, results=results), f, indent=1)

@@ -126,10 +126,11 @@ def test_auto_mode_keeps_masks_on_the_cpu(monkeypatch):
     monkeypatch.setattr(ka.KeepChunks, "__init__", lambda *a, **k: called.append(1))
     test_reference._check_against_reference("llama", "sdpa", 1, "keep")
     assert not called
-    assert ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 4096, False, False)
-    assert not ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 1024, False, False)
-    assert not ka.applies("sdpa", torch.device("cuda"), torch.float32, 4096, False, False)
-    assert not ka.applies("eager", torch.device("cuda"), torch.bfloat16, 4096, False, False)
+    assert ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 16384, False, False)
+    assert not ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 4096, False, False)
+    assert not ka.applies("sdpa", torch.device("cuda"), torch.float32, 16384, False, False)
+    assert not ka.applies("eager", torch.device("cuda"), torch.bfloat16, 16384, False, False)
+    assert not ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 16384, True, False)  # windows: masks
     assert ka.applies("flash_attention_4", torch.device("cuda"), torch.bfloat16, 64, True, False)
     assert not ka.applies("flash_attention_4", torch.device("cuda"), torch.bfloat16, 64, False, True)
 

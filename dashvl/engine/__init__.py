@@ -35,7 +35,8 @@ Glossary (one word per concept, in code and docstrings):
 - **method** (``dashvl.methods``): the rule that scores tokens at ``l_s``; lower halts first.
 
 Modules: ``handle`` (installs / removes the hooks, shows the trace), ``flow`` (the hooks: each step of a call),
-``plan`` (one call's plan), ``region`` (gather, masks, scatter, cache layout, the runner), ``frozen_keys`` (kv="keep"),
+``plan`` (one call's plan), ``region`` (gather, masks, scatter, cache layout, the runner), ``frozen_keys`` (kv="keep"), ``keep_attention``
+(kv="keep" without a mask: chunked varlen calls),
 ``graphs`` (the CUDA-graph path), ``static_cache`` (StaticCache and the compiled decode step), ``windows`` (layers of several kinds), ``checks`` (refusals), ``record`` (the trace of a prefill), ``handles`` (which
 model carries which handle).
 Knows no model family: everything family-specific comes from ``dashvl.adapters``.

@@ -42,10 +42,13 @@ CHUNK = 128
 SPAN = 1024
 
 # "auto": the fast path on flash backends always (they take no mask), on SDPA on CUDA in half precision from
-# MIN_TOKENS prompt tokens on (below, the masked kernel's cost is small and the graph path serves short prompts);
-# "always": wherever it can be exact (tests: the CPU runs it with the reference kernel); "never": masks only.
+# MIN_TOKENS prompt tokens on; "always": wherever it can be exact (tests: the CPU runs it with the reference
+# kernel); "never": masks only. Measured on the H200 at Qwen2-VL-7B shapes, keep 0.75 (bench/RESULTS.md): at 4,160
+# tokens SDPA's masked kernel with the CUDA graph ties (2.08x against 2.05x: the fast path's extra ops per layer
+# cost host time there), at 16,448 the fast path is ahead (2.46x against 1.96x). The cut-over between is not
+# measured: 8,192 is the midpoint.
 MODE = "auto"
-MIN_TOKENS = 2048
+MIN_TOKENS = 8192
 
 
 def applies(backend: str, device: torch.device, dtype, length: int, windowed: bool, blocks: bool) -> bool:
@@ -82,7 +85,8 @@ class KeepChunks:
         dup_index, cu_dup: for kernels that read each chunk's prefix from a copy: long [sum of k_used], the
             rank-ordered keys of every prefix in turn, and int32 [C+1] their offsets (built on first use).
         loc_index: long [nl], the rank-ordered keys of every chunk's local block in turn; cu_loc: int32 [C+1].
-        q_loc: long [nq], each query's row in the local blocks. no_prefix: bool [nq], its chunk has no prefix.
+        q_loc: long [nq], each query's row in the local blocks. first_queries: long, the queries whose chunk has
+            no prefix. all_queries: no filler slot (``q_flat`` is every slot in order: no gather needed).
         max_q, max_k, max_loc: the longest chunk, prefix and local block (host ints).
     """
 
@@ -140,7 +144,8 @@ class KeepChunks:
         self.k_start, self.k_used = dev(rows * N, i32), dev(first, i32)
         self.cu_k = dev(np.concatenate([rows * N, [B * N]]), i32)
         self.loc_index, self.q_loc = dev(loc_index), dev(q_loc)
-        self.no_prefix = dev(first[chunk_of_query] == 0, torch.bool)
+        self.first_queries = dev(np.nonzero(first[chunk_of_query] == 0)[0])  # their chunk has no prefix
+        self.all_queries = bool(q_valid.all())  # no filler: q_flat is every slot in order
         self._dup = None
 
     @property
@@ -208,7 +213,8 @@ class MathKernel:
 class TorchFlashKernel:
     """torch's own FlashAttention-2 (``aten._flash_attention_forward``, varlen, CUDA, fp16/bf16): what SDPA runs
     unmasked. Reads each chunk's prefix in place: offsets ``cu_k`` need not increase when ``seqused_k`` is given
-    (each sequence reads k[cu_k[i] : cu_k[i] + seqused_k[i]]); checked on the H200 (tests/gpu/test_keep_kernels.py)."""
+    (each sequence reads k[cu_k[i] : cu_k[i] + seqused_k[i]]); checked on the H200 (torch 2.11:
+    tests/gpu/results/keep_kernels.json)."""
     shared_prefix = True
 
     def varlen(self, q, k, v, cu_q, cu_k, used_k, max_q, max_k, scale, causal):
@@ -219,9 +225,9 @@ class TorchFlashKernel:
 
 class FlashAttention4Kernel:
     """FlashAttention 4's CuTe kernels (``flash_attn.cute.flash_attn_varlen_func``), for
-    attn_implementation="flash_attention_4". Prefixes from a copy (``shared_prefix`` False) unless the check on the
-    H200 showed that its ``seqused_k`` reads them in place."""
-    shared_prefix = False
+    attn_implementation="flash_attention_4". Its ``seqused_k`` with repeating ``cu_seqlens_k`` reads the prefixes
+    in place too (flash-attn-4 4.0.0b36 on the H200: tests/gpu/results/keep_kernels_fa4.json)."""
+    shared_prefix = True
 
     def __init__(self):
         from flash_attn.cute import flash_attn_varlen_func
@@ -272,7 +278,9 @@ def keep_attention(module, query, key, value, attention_mask, dropout: float = 0
     B, h, A, d = query.shape
     scale = scaling if scaling is not None else d ** -0.5
     kernel = kernel_for(chunks.backend, query.device, query.dtype)
-    q = query.transpose(1, 2).reshape(B * A, h, d)[chunks.q_flat]
+    q = query.transpose(1, 2).reshape(B * A, h, d)
+    if not chunks.all_queries:  # fillers: only the valid queries go in
+        q = q[chunks.q_flat]
     keys = key.transpose(1, 2)[chunks.key_b, chunks.key_slot]  # [B·N, kv_heads, d], rank order
     values = value.transpose(1, 2)[chunks.key_b, chunks.key_slot]
     if kernel.shared_prefix:
@@ -286,22 +294,22 @@ def keep_attention(module, query, key, value, attention_mask, dropout: float = 0
     q_loc[chunks.q_loc] = q
     out_l, lse_l = kernel.varlen(q_loc, keys[chunks.loc_index], values[chunks.loc_index], chunks.cu_loc,
                                  chunks.cu_loc, None, chunks.max_loc, chunks.max_loc, scale, True)
-    out_l, lse_l = out_l[chunks.q_loc], lse_l[:, chunks.q_loc]
-    merged = _merge(out_p, lse_p, out_l, lse_l, chunks.no_prefix)
+    merged = _merge(out_p, lse_p, out_l[chunks.q_loc], lse_l[:, chunks.q_loc], chunks.first_queries)
+    if chunks.all_queries:
+        return merged.view(B, A, h, d), None
     out = query.new_zeros(B * A, h, d)
-    out[chunks.q_flat] = merged.to(query.dtype)
+    out[chunks.q_flat] = merged
     return out.view(B, A, h, d), None
 
 
 def _merge(out_p, lse_p, out_l, lse_l, no_prefix):
-    """Two partial attentions of the same queries (out [n, h, d], lse float32 [h, n]) as one. A query without a
-    prefix takes the local part alone (a kernel may leave its empty prefix's output or lse unset)."""
-    lse_p = lse_p.masked_fill(no_prefix[None], float("-inf"))
-    top = torch.maximum(lse_p, lse_l)  # the local part holds the query's own key: finite
-    w_p, w_l = torch.exp(lse_p - top), torch.exp(lse_l - top)
-    total = (w_p + w_l).transpose(0, 1)[..., None]
-    prefix = torch.where(no_prefix[:, None, None], 0.0, out_p.float())
-    return (prefix * w_p.transpose(0, 1)[..., None] + out_l.float() * w_l.transpose(0, 1)[..., None]) / total
+    """Two partial attentions of the same queries (out [n, h, d], lse float32 [h, n]) as one, in the queries'
+    dtype: out_l + σ(lse_p - lse_l)·(out_p - out_l). ``no_prefix``: long, the queries whose chunk has no prefix
+    (a kernel may leave their prefix output or lse unset): they take the local part alone."""
+    out_p = out_p.index_fill(0, no_prefix, 0.0) if no_prefix.numel() else out_p
+    lse_p = lse_p.index_fill(1, no_prefix, float("-inf")) if no_prefix.numel() else lse_p
+    weight = torch.sigmoid(lse_p - lse_l).transpose(0, 1)[..., None]  # the prefix's share, float32 [n, h, 1]
+    return torch.lerp(out_l.float(), out_p.float(), weight).to(out_l.dtype)
 
 
 def register() -> None:
