@@ -3,8 +3,8 @@ a causal local varlen call per chunk of queries, merged by log-sum-exp), next to
 
 One process, round-robin, median of --reps after warm-up, CUDA events (as bench.gpu_prefill). Each keep variant
 switches ``dashvl.engine.keep_attention.MODE`` ("never": SDPA's mask, CUDA graph where the graph path takes it;
-"always": keep_attention) and, for "keep fast copy", reads each chunk's prefix from a copy (``shared_prefix``
-False). Before timing, at each length, the fast path is checked against the masked one: the same halted tokens
+"always": keep_attention, its chunking captured in the graph where the graph path takes the call; "layers": the
+layers one by one). Before timing, at each length, the fast path is checked against the masked one: the same halted tokens
 and the prefill logits' largest difference (bf16).
 
     python -m bench.gpu_keep --model qwen2-vl-7b --tokens 1088,4160,16448
@@ -27,23 +27,21 @@ from dashvl.flops import flops_speedup
 
 
 def variants(ratios, layer: int, flash: bool, chunks):
-    """(name, compress kwargs or None, keep MODE, shared_prefix, CHUNK) to time."""
-    out = [("unmodified", None, None, None, None)]
+    """(name, compress kwargs or None, keep MODE, CHUNK) to time; "layers": cuda_graph=False."""
+    out = [("unmodified", None, None, None)]
     for r in ratios:
         dash = dict(method="dash", scope="all", ratio=r, layer=layer)
-        out.append((f"drop {r}", dict(dash, kv="drop"), "auto", None, None))
+        out.append((f"drop {r}", dict(dash, kv="drop"), "auto", None))
         if not flash:
-            out.append((f"keep {r} masked", dict(dash, kv="keep"), "never", None, None))
+            out.append((f"keep {r} masked", dict(dash, kv="keep"), "never", None))
         for c in chunks:
-            out.append((f"keep {r} fast c{c}", dict(dash, kv="keep"), "always", True, c))
-        out.append((f"keep {r} fast copy c{chunks[0]}", dict(dash, kv="keep"), "always", False, chunks[0]))
+            out.append((f"keep {r} fast c{c}", dict(dash, kv="keep"), "always", c))
+        out.append((f"keep {r} fast c{chunks[0]} layers", dict(dash, kv="keep", cuda_graph=False), "always", chunks[0]))
     return out
 
 
-def _run_with(model, kwargs, mode, shared, kernel, chunk):
+def _run_with(model, kwargs, mode, chunk):
     ka.MODE = mode or "auto"
-    if kernel is not None and shared is not None:
-        kernel.shared_prefix = shared
     ka.CHUNK = chunk or ka.CHUNK
     return dashvl.compress(model, **kwargs)
 
@@ -94,7 +92,7 @@ def main(argv=None):
     flash = args.attn.startswith("flash")
     kernel = ka.kernel_for(args.attn, next(model.parameters()).device, next(model.parameters()).dtype)
     info["kernel"] = type(kernel).__name__
-    info["chunk"], info["span"] = ka.CHUNK, ka.SPAN
+    info["chunk"] = ka.CHUNK
     ratios = [float(r) for r in args.ratios.split(",")]
     chunk_sizes = [int(c) for c in args.chunks.split(",")]
     todo = variants(ratios, args.layer, flash, chunk_sizes)
@@ -114,14 +112,14 @@ def main(argv=None):
                 call()
             failed = {}
             for rep in range(args.warmup + args.reps):
-                for name, kwargs, mode, shared, chunk in todo:
+                for name, kwargs, mode, chunk in todo:
                     if name in failed:
                         continue
                     if kwargs is None:
                         timing = _timed(call, cuda)
                     else:
                         try:
-                            with _run_with(model, kwargs, mode, shared, kernel, chunk) as h:
+                            with _run_with(model, kwargs, mode, chunk) as h:
                                 timing = _timed(call, cuda)
                                 if rep == 0:
                                     limits[name] = flops_speedup(text_config(model), h.trace)
@@ -132,7 +130,6 @@ def main(argv=None):
                     if rep >= args.warmup:
                         samples[name].append(timing)
         ka.MODE, ka.CHUNK = "auto", default_chunk
-        kernel.shared_prefix = type(kernel).shared_prefix
         base = statistics.median(t for t, _ in samples["unmodified"])
         rows = []
         checks["failed"] = failed

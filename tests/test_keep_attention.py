@@ -1,8 +1,8 @@
 """kv="keep" without a mask (``dashvl.engine.keep_attention``): rank-ordered keys, chunks of queries, a prefix call
 and a causal local call merged by log-sum-exp. On the CPU it runs with the float32 reference kernel (MODE "always"
 for SDPA and eager; always for the flash backends, whose emulated kernel takes no mask); the real kernels are
-checked on the H200 (tests/gpu/test_keep_kernels.py). Small CHUNK and SPAN here, so that every prompt has many
-chunks, prefix-less chunks and chunks closed early by a long halted run."""
+checked on the H200 (tests/gpu/test_keep_kernels.py). A small CHUNK here, so that every prompt has many chunks,
+prefix-less chunks and chunks straddling halted runs."""
 import pytest
 import torch
 
@@ -19,7 +19,7 @@ def fast_keep(monkeypatch):
     """The fast path wherever it can be exact, with tiny chunks; counts the layer calls it serves."""
     monkeypatch.setattr(ka, "MODE", "always")
     monkeypatch.setattr(ka, "CHUNK", 4)
-    monkeypatch.setattr(ka, "SPAN", 12)
+    monkeypatch.setattr(ka, "SPAN", 16)
     calls = []
     real = ka.MathKernel.varlen
 
@@ -69,11 +69,9 @@ def _random_layout(B, past, T, ratio, runs: bool, seed):
     return torch.cat([past_pos, pad_to(halted_rows, H), pad_to(active_rows, A)], 1), A
 
 
-@pytest.mark.parametrize("chunk,span", [(4, 12), (16, 64), (128, 1024)])
+@pytest.mark.parametrize("chunk,span", [(4, 16), (16, 32), (16, 1024), (128, 1024)])
 @pytest.mark.parametrize("past,runs", [(0, False), (9, False), (0, True)])
-@pytest.mark.parametrize("shared", [True, False])
-def test_chunks_equal_the_masked_definition(monkeypatch, chunk, span, past, runs, shared):
-    monkeypatch.setattr(ka.MathKernel, "shared_prefix", shared)  # False: each prefix read from a copy
+def test_chunks_equal_the_masked_definition(chunk, span, past, runs):
     torch.manual_seed(0)
     key_pos, A = _random_layout(3, past, 90, 0.6, runs, seed=chunk + past)
     B, K = key_pos.shape
@@ -81,20 +79,28 @@ def test_chunks_equal_the_masked_definition(monkeypatch, chunk, span, past, runs
     query, key, value = torch.randn(B, h, A, d), torch.randn(B, kvh, K, d), torch.randn(B, kvh, K, d)
     chunks = ka.KeepChunks(key_pos, A, "sdpa", chunk=chunk, span=span)
     got, _ = ka.keep_attention(None, query, key, value, chunks, scaling=d ** -0.5)
-    torch.testing.assert_close(got, _masked_attention(query, key, value, key_pos, d ** -0.5), atol=1e-5, rtol=0)
+    valid = (key_pos[:, -A:] >= 0)[:, :, None, None]
+    assert torch.isfinite(got).all()  # fillers too: they feed the next layer's keys
+    torch.testing.assert_close(torch.where(valid, got, 0.0), _masked_attention(query, key, value, key_pos, d ** -0.5),
+                               atol=1e-5, rtol=0)
     work = chunks.work()
-    assert work["queries"] == int((key_pos[:, -A:] >= 0).sum())
-    assert work["chunks"] >= -(-work["queries"] // chunk)
+    assert work["queries"] == B * A and work["chunks"] == B * (-(-A // chunk) + -(-K // span))
+    assert int(chunks.cu_loc.diff().max()) <= span
 
 
-def test_chunks_close_at_the_span():
-    # 10 active tokens, then 50 halted, then 10 active: one chunk may not span the halted run
+def test_chunks_read_prefixes_and_local_blocks():
+    # 10 active tokens, 50 halted, 10 active; chunks of 8 queries in segments of 32 ranks
     pos = torch.arange(70)
     halted = (pos >= 10) & (pos < 60)
     key_pos = torch.cat([pos[halted], pos[~halted]])[None]
-    chunks = ka.KeepChunks(key_pos, 20, "sdpa", chunk=128, span=32)
-    assert chunks.num_chunks == 2
-    assert chunks.k_used.tolist() == [0, 60] and chunks.max_loc == 10
+    chunks = ka.KeepChunks(key_pos, 20, "sdpa", chunk=8, span=32)
+    used = chunks.cu_q.diff() > 0
+    # segment 0 (ranks 0-31): the first 10 queries, in chunks of 8 and 2; segment 1 (32-63): ranks 60-63;
+    # segment 2 (64-69): ranks 64-69. Each chunk's prefix: the keys ranked before its first query.
+    assert chunks.cu_q.diff()[used].tolist() == [8, 2, 4, 6]
+    assert chunks.k_used[used].tolist() == [0, 8, 60, 64]
+    assert chunks.cu_loc.diff()[used].tolist() == [8, 2, 4, 6]
+    assert chunks.no_prefix.tolist() == [True] * 8 + [False] * 12
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
@@ -117,6 +123,33 @@ def test_keep_without_a_mask_second_turn_and_beams(fast_keep, family):
     test_generation.test_beam_search_scores_match_reference(family, "keep")
     test_generation.test_beam_search_on_a_padded_batch_matches_reference("keep")
     test_generation.test_compressing_between_turns_keeps_the_first_turns_padding_masked("keep")
+    assert fast_keep
+
+
+@pytest.fixture
+def emulated_graphs(monkeypatch):
+    from dashvl.engine import graphs
+    monkeypatch.setattr(graphs, "EMULATE", True)
+    graphs._BANKS.clear()
+    return graphs
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "llama"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_keep_without_a_mask_on_the_graph_path(fast_keep, emulated_graphs, family, batch):
+    """The graph path builds the chunking inside the graph from its static key positions (bucketed widths,
+    filler slots); replays (the second prompt) reuse it."""
+    from tests.helpers import build
+    model, _ = build(family)
+    inputs = make_inputs(family, batch)
+    halted, tokens, logits = dash_reference(model, inputs, 1, "keep", 0.5)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="keep") as h:
+        out = generate(model, inputs)
+        again = generate(model, inputs)
+        assert h._graphs.captures == 1 and h._graphs.replays == 1
+    assert torch.equal(h.trace.halted, halted)
+    assert_same_generation(out, inputs, tokens, logits, ATOL)
+    assert_same_generation(again, inputs, tokens, logits, ATOL)
     assert fast_keep
 
 

@@ -206,9 +206,11 @@ class CallFlow:
                                     for layer in self._input_layers]
         if self.short_layers is not None and (plan.num_halted is not None or plan.layout is not None):
             plan.fast_keep = plan.frozen_keys is not None and keep_attention.applies(
-                self.call_backend, plan.real.device, next(self.halted_layers[0].parameters()).dtype, plan.length,
+                self.call_backend, plan.real.device, self._dtype(), plan.length,
                 self.kinds is not None and self.kinds.windowed, plan.blocks is not None)
-            width = None if plan.fast_keep else self._graph_width(plan, kwargs)
+            # keep_attention's float32 kernel reads its chunk offsets on the host: not inside a CUDA graph
+            width = None if plan.fast_keep and not keep_attention.capturable(plan.real.device, self._dtype()) \
+                else self._graph_width(plan, kwargs)
             if width is not None:
                 plan.use_graph(width)
             self.stack.layers = self.short_layers  # restored by on_stack_end / on_model_end
@@ -388,6 +390,9 @@ class CallFlow:
                 hidden = decoder_layer(hidden, **kwargs)
         return hidden
 
+    def _dtype(self):
+        return next(self.halted_layers[0].parameters()).dtype
+
     def _step_kernels(self, hidden: torch.Tensor):
         """SDPA on CUDA without its cuDNN kernel for the halted layers' decode step. Measured on the H200
         (torch 2.11, bf16, one query against the halted layers' shorter kv="drop" caches): SDPA picks cuDNN
@@ -428,7 +433,7 @@ class CallFlow:
         cos, sin = overrides["position_embeddings"]
         halted = plan.frozen_keys.graph_inputs() if plan.frozen_keys is not None else None
         out, keys_values = self.graphs.run(inputs.hidden, cos, sin, overrides["attention_mask"], halted,
-                                           plan.cache is not None, self.call_backend)
+                                           plan.cache is not None, self.call_backend, inputs.fast_keep)
         if plan.cache is not None:
             frozen_width = plan.frozen_keys.width if plan.frozen_keys is not None else 0
             slots = graphs.real_slots(plan.graph_real, plan.width, frozen_width, out.device)

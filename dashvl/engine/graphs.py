@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicLayer
 
+from . import keep_attention
 from .region import HaltedRunner  # the runner of both paths; named here for older code
 
 __all__ = ["real_slots", "bucket_width", "bank_for", "release", "GraphBank", "HaltedRunner", "store_kv"]
@@ -134,24 +135,33 @@ class GraphBank:
         self.entries.clear()
         self.pool = None
 
-    def _body(self, hidden, cos, sin, mask, halted_hidden, halted_cos, halted_sin, recorder, hooks: bool = True):
+    def _body(self, hidden, cos, sin, mask, halted_hidden, halted_cos, halted_sin, recorder, hooks: bool = True,
+              fast_keep: str | None = None):
+        """``fast_keep``: the backend, when kv="keep" runs through keep_attention; ``mask`` is then the key positions
+        [B, K] its ``KeepChunks`` is built from (inside the graph: the chunking is captured too)."""
         extra = {self.cache_kw: recorder, "use_cache": recorder is not None}
-        for decoder_layer in self.layers[self.first:]:
-            if halted_hidden is not None:  # kv="keep": the halted tokens' keys/values come first in this layer
-                recorder.prefix = self.halted_kv(decoder_layer, halted_hidden, halted_cos, halted_sin)
-            run = decoder_layer if hooks else decoder_layer.forward  # a replay calls no module, so no hook fires
-            hidden = run(hidden, attention_mask=mask, position_ids=None, position_embeddings=(cos, sin), **extra)
+        switched = contextlib.nullcontext()
+        if fast_keep is not None:
+            mask = keep_attention.KeepChunks(mask, hidden.shape[1], fast_keep)
+            switched = keep_attention.switched(self.layers[self.first].self_attn.config)
+        with switched:
+            for decoder_layer in self.layers[self.first:]:
+                if halted_hidden is not None:  # kv="keep": the halted tokens' keys/values come first in this layer
+                    recorder.prefix = self.halted_kv(decoder_layer, halted_hidden, halted_cos, halted_sin)
+                run = decoder_layer if hooks else decoder_layer.forward  # a replay calls no module: no hook fires
+                hidden = run(hidden, attention_mask=mask, position_ids=None, position_embeddings=(cos, sin), **extra)
         return hidden
 
     def _recorder(self, keep: bool, store_keys: bool, buffer=None) -> _KVRecorder | None:
         n = len(self.layers) - self.first
         return _KVRecorder(self.first, n, buffer, store=store_keys) if keep or store_keys else None
 
-    def run(self, hidden, cos, sin, mask, halted, store_keys: bool, backend: str):
+    def run(self, hidden, cos, sin, mask, halted, store_keys: bool, backend: str, fast_keep: bool = False):
         """The halted layers on ``hidden`` [B, A, d]: (output [B, A, d], keys/values buffer or None).
 
         ``halted``: None (kv="drop") or, for kv="keep", the halted tokens' frozen hidden states [B, H, d] and
-        their cos, sin [B, H, head_dim].
+        their cos, sin [B, H, head_dim]. ``fast_keep``: kv="keep" through keep_attention, ``mask`` being the key
+        positions [B, H + A] (``region.enter``).
         Both results are the graph's static outputs: the next replay overwrites them.
         """
         where = self._weights_at()
@@ -160,10 +170,11 @@ class GraphBank:
             self._where = where
         inputs = (hidden, cos, sin, mask) + (tuple(halted) if halted is not None else (None,) * 3)
         key = (backend, tuple(None if x is None else (tuple(x.shape), x.dtype) for x in inputs), hidden.device,
-               store_keys, torch.is_inference_mode_enabled())
+               store_keys, torch.is_inference_mode_enabled(), fast_keep)
+        fast = backend if fast_keep else None
         entry = self.entries.get(key)
         if entry is None:
-            entry = self._capture(inputs, store_keys)
+            entry = self._capture(inputs, store_keys, fast)
             self.entries[key] = entry
             while len(self.entries) > self.max_graphs:
                 self.entries.popitem(last=False)
@@ -178,26 +189,26 @@ class GraphBank:
                 entry.graph.replay()
         else:  # emulation: the same static buffers, run eagerly
             recorder = self._recorder(halted is not None, store_keys, entry.keys_values)
-            out = self._body(*entry.inputs, recorder, hooks=False)
+            out = self._body(*entry.inputs, recorder, hooks=False, fast_keep=fast)
             entry.output.copy_(out)
         return entry.output, entry.keys_values
 
-    def _capture(self, inputs, store_keys: bool) -> _Entry:
+    def _capture(self, inputs, store_keys: bool, fast_keep: str | None = None) -> _Entry:
         with _plain_tensors():  # static inputs must stay writable outside inference mode too
             static = tuple(None if x is None else x.clone() for x in inputs)
         keep = static[4] is not None
         recorder = self._recorder(keep, store_keys)
         if EMULATE:
-            out = self._body(*static, recorder)
+            out = self._body(*static, recorder, fast_keep=fast_keep)
             self.captures += 1
             return _Entry(None, static, out, recorder.buffer if store_keys else None)
         with torch.cuda.device(static[0].device):
-            self._body(*static, recorder)  # warm-up: cuBLAS workspaces and lazy inits happen outside the capture
+            self._body(*static, recorder, fast_keep=fast_keep)  # warm-up: workspaces and lazy inits outside the capture
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                out = self._body(*static, recorder)
+                out = self._body(*static, recorder, fast_keep=fast_keep)
             graph.replay()  # capture records work without running it
         self.captures += 1
         return _Entry(graph, static, out, recorder.buffer if store_keys else None)

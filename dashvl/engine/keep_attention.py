@@ -4,19 +4,18 @@ Under kv="keep" an active query sees every key (active or frozen) at a position 
 slot order ([earlier turns | halted tokens | active tokens]) that is a staircase no fast kernel takes, so SDPA
 would leave its flash kernel for a masked one (about 66% of keep's FLOPs limit on the H200, issue 16) and
 FlashAttention could not serve it at all. In *rank* order (every valid key sorted by position) a query of rank r
-sees exactly the keys of rank 0..r. So the active queries are cut into chunks of consecutive queries (at most
-``CHUNK`` of them, spanning at most ``SPAN`` ranks), and each chunk's attention is two unmasked-or-causal
-varlen calls merged by their log-sum-exp:
+sees exactly the keys of rank 0..r. So the active query slots are cut into chunks of at most ``CHUNK``
+consecutive ones spanning fewer than ``SPAN`` ranks, and each chunk's attention is two unmasked-or-causal varlen calls merged by their log-sum-exp:
 
-- **prefix**: the chunk's queries against the keys ranked before its first query, unmasked; each chunk reads a
-  prefix of its row's rank-ordered keys (``shared_prefix`` kernels read them in place, others from a copy);
+- **prefix**: the chunk's queries against the keys ranked before its first query, unmasked; every chunk reads a
+  prefix of its row's rank-ordered keys in place (varlen offsets that repeat, with ``seqused_k``);
 - **local**: the keys from the chunk's first query's rank to its last's, causal; the rows of that block that are
   not active queries (halted tokens' ranks) are filled with zero queries and thrown away.
 
 Per layer this costs one gather of the keys/values into rank order, two kernel calls and an elementwise merge.
 Extra attention work over the ideal (``A·N/2`` query-key pairs): the local blocks, about ``A · CHUNK/(1-ρ)²/2``.
-The chunking (``KeepChunks``) is worked out once per call on the host (one copy of the key positions), shared by
-every halted layer.
+The chunking (``KeepChunks``) is worked out once per call on the device, shared by every halted layer; its
+shapes depend only on (batch, key slots, query slots), so it needs no host sync and the graph path captures it.
 
 The halted layers reach ``keep_attention`` through transformers' attention interface: the runner switches the
 attention config to ``NAME`` for the halted layers' loop only (``switched``), and hands them a ``KeepChunks`` as
@@ -26,19 +25,18 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 
-__all__ = ["NAME", "CHUNK", "SPAN", "MODE", "MIN_TOKENS", "KeepChunks", "keep_attention", "applies", "kernel_for",
+__all__ = ["NAME", "CHUNK", "SPAN", "MODE", "MIN_TOKENS", "KeepChunks", "keep_attention", "applies", "capturable", "kernel_for",
            "switched", "register"]
 
 NAME = "dashvl_keep"
 
-# At most this many queries per chunk: a multiple of the kernels' 128-row query tiles, so the prefix call's
-# tiles are full. The local blocks cost about CHUNK/(1-ρ)² / 2 pairs per query.
+# Queries per chunk: the kernels' 128-row query tiles, so the prefix call's tiles are full. The local blocks cost
+# about CHUNK/(1-ρ)² / 2 pairs per query. 128 and 256 timed the same on the H200.
 CHUNK = 128
-# A chunk closes early where its queries would span more ranks than this (a long run of halted tokens, as
-# Δ halts an image's background): the local block is causal over the whole span.
+# Ranks per segment: no chunk spans more, so its local block (causal over its span, the halted ranks inside it as
+# zero queries) stays small however long a halted run is, and the local call's bound is static (a CUDA graph).
 SPAN = 1024
 
 # "auto": the fast path on flash backends always (they take no mask), on SDPA on CUDA in half precision from
@@ -67,109 +65,85 @@ def applies(backend: str, device: torch.device, dtype, length: int, windowed: bo
         length >= MIN_TOKENS
 
 
+def capturable(device: torch.device, dtype) -> bool:
+    """Whether the kernel serving this device and dtype can run inside a CUDA graph (the float32 reference reads
+    offsets on the host; off CUDA the graph path is only ever emulated)."""
+    return device.type != "cuda" or dtype in (torch.float16, torch.bfloat16)
+
+
 class KeepChunks:
-    """The chunking of one call's kv="keep" attention, shared by every halted layer (built on the host once).
+    """The chunking of one call's kv="keep" attention, shared by every halted layer. Built on the device from the
+    key positions alone, with shapes that depend only on (B, K, A): no host sync, and the graph path captures it.
 
     Key slots (K per row) are the layer's keys after its cache update: [earlier turns | halted | active], with
-    ``key_pos`` [B, K] their sequence positions (-1: unused) and the active queries the last A slots. N: the most
-    valid keys of any row; ranks index a row's valid keys in position order.
+    ``key_pos`` [B, K] their sequence positions (-1: unused); the active queries are the last A slots. Ranks index
+    a row's keys by position, unused ones last (in slot order). Every query slot takes part, fillers included
+    (their ranks come after every valid key's, so they see only finite values; their outputs are thrown away).
+    Chunks: the rank axis is cut into segments of ``span`` ranks, and each segment's queries into groups of
+    ``chunk``; so a chunk's local block spans fewer than ``span`` ranks, and a row has at most
+    M = ceil(A / chunk) + ceil(K / span) chunks (the unused ones empty).
 
     Attributes (device tensors; int32 where a kernel reads them):
-        backend: the attention implementation the model was loaded with.
-        key_b, key_slot: long [B·N], the key slot of each (row, rank): the rank-ordered keys are
-            ``keys.transpose(1, 2)[key_b, key_slot]`` ([B·N, kv_heads, head_dim], row b at b·N).
-        q_flat: long [nq], the valid queries as flat indices into [B·A] (row-major).
-        cu_q: int32 [C+1], the prefix call's query offsets per chunk (C chunks, in q_flat order).
-        k_start, k_used: int32 [C], each chunk's prefix: rank-ordered keys [k_start, k_start + k_used).
-        cu_k: int32 [C+1], ``k_start`` with B·N appended (a shared-prefix kernel's offsets).
-        dup_index, cu_dup: for kernels that read each chunk's prefix from a copy: long [sum of k_used], the
-            rank-ordered keys of every prefix in turn, and int32 [C+1] their offsets (built on first use).
-        loc_index: long [nl], the rank-ordered keys of every chunk's local block in turn; cu_loc: int32 [C+1].
-        q_loc: long [nq], each query's row in the local blocks. first_queries: long, the queries whose chunk has
-            no prefix. all_queries: no filler slot (``q_flat`` is every slot in order: no gather needed).
-        max_q, max_k, max_loc: the longest chunk, prefix and local block (host ints).
+        backend: the attention implementation the model was loaded with (picks the kernel: ``kernel_for``).
+        key_b, key_slot: long [B·K], the key slot of each (row, rank): the rank-ordered keys are
+            ``keys.transpose(1, 2)[key_b, key_slot]`` ([B·K, kv_heads, head_dim], row b from b·K).
+        cu_q: int32 [B·M+1], the prefix call's query offsets per chunk (the query slots, row-major).
+        cu_k, k_used: int32 [B·M+1] / [B·M]: chunk i's prefix is the rank-ordered keys [cu_k[i], cu_k[i] + k_used[i])
+            (its row's keys ranked before its first query).
+        loc_index: long [B·K], the rank-ordered keys of every chunk's local block (ranks from its first query's to
+            its last's) in turn, then padding; cu_loc: int32 [B·M+1] their offsets.
+        q_loc: long [B·A], each query's row in the local blocks. no_prefix: bool [B·A], its chunk has no prefix.
+        max_q, max_k, max_loc: bounds of a chunk, a prefix and a local block (host ints: chunk, K, span).
     """
 
-    def __init__(self, key_pos: torch.Tensor, num_queries: int, backend: str, chunk: int = CHUNK, span: int = SPAN):
-        device = key_pos.device
-        self.backend = backend  # the model's attention backend: picks the kernel (``kernel_for``)
-        kp = key_pos.cpu().numpy()  # the one host copy of the call's fast keep path
-        B, K = kp.shape
-        A = num_queries
-        big = np.iinfo(np.int64).max
-        order = np.argsort(np.where(kp >= 0, kp, big), axis=1, kind="stable")
-        n_valid = (kp >= 0).sum(1)
-        N = int(n_valid.max())
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.broadcast_to(np.arange(K), (B, K)), axis=1)
-        q_valid = kp[:, K - A:] >= 0
-        q_rank = rank[:, K - A:]
-        starts, ends, rows = [], [], []
-        for b in range(B):
-            n_act = int(q_valid[b].sum())  # fillers come last
-            r = q_rank[b, :n_act]
-            s = 0
-            while s < n_act:
-                e = min(s + chunk, n_act)
-                e = min(e, max(int(np.searchsorted(r, r[s] + span)), s + 1))
-                starts.append(s)
-                ends.append(e)
-                rows.append(b)
-                s = e
-        starts, ends, rows = np.array(starts), np.array(ends), np.array(rows)
-        counts = ends - starts
-        first = q_rank[rows, starts]
-        last = q_rank[rows, ends - 1]
-        loc_len = last - first + 1
-        self.N, self.A, self.batch = N, A, B
-        self.num_chunks = len(starts)
-        cu = lambda x: np.concatenate([[0], np.cumsum(x)])  # noqa: E731
-        q_flat = np.nonzero(q_valid.reshape(-1))[0]
-        chunk_of_query = np.repeat(np.arange(len(starts)), counts)
-        cu_loc = cu(loc_len)
-        q_rank_flat = q_rank.reshape(-1)[q_flat]
-        q_loc = cu_loc[chunk_of_query] + (q_rank_flat - first[chunk_of_query])
-        loc_index = np.repeat(rows * N + first - cu_loc[:-1], loc_len) + np.arange(cu_loc[-1])
-        key_slot = order[:, :N].reshape(-1)
-        key_b = np.repeat(np.arange(B), N)
-        self.k_start_np, self.k_used_np = rows * N, first
-        self.max_q, self.max_k, self.max_loc = int(counts.max()), int(first.max()), int(loc_len.max())
-
-        def dev(x, dtype=torch.long):
-            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype, non_blocking=True)
-
+    def __init__(self, key_pos: torch.Tensor, num_queries: int, backend: str, chunk: int | None = None,
+                 span: int | None = None):
+        chunk, span = chunk or CHUNK, span or SPAN
+        device, (B, K), A = key_pos.device, key_pos.shape, num_queries
+        self.backend, self.batch, self.K, self.A = backend, B, K, A
+        self.key_pos = key_pos
+        unused_last = torch.where(key_pos >= 0, key_pos, torch.iinfo(torch.long).max)
+        order = torch.sort(unused_last, dim=1, stable=True).indices  # [B, K]
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(K, device=device).expand(B, K))
+        q_rank = rank[:, K - A:]  # [B, A], increasing along each row
+        S = -(-K // span)
+        M = -(-A // chunk) + S
+        segment = q_rank // span
+        counts = torch.zeros(B, S, dtype=torch.long, device=device).scatter_add_(1, segment, torch.ones_like(segment))
+        groups = -(-counts // chunk)
+        exclusive = lambda x: torch.cumsum(x, 1) - x  # noqa: E731
+        rows = torch.arange(B, device=device)
+        in_segment = torch.arange(A, device=device)[None] - exclusive(counts).gather(1, segment)
+        chunk_of = (rows[:, None] * M + exclusive(groups).gather(1, segment) + in_segment // chunk).reshape(-1)
+        flat_rank = q_rank.reshape(-1)
+        n = B * M
+        size = torch.zeros(n, dtype=torch.long, device=device).scatter_add_(0, chunk_of, torch.ones_like(chunk_of))
+        first = torch.full((n,), K, dtype=torch.long, device=device).scatter_reduce_(0, chunk_of, flat_rank, "amin")
+        last = torch.full((n,), -1, dtype=torch.long, device=device).scatter_reduce_(0, chunk_of, flat_rank, "amax")
+        used = size > 0
+        first = torch.where(used, first, 0)
+        loc_len = torch.where(used, last - first + 1, 0)
         i32 = torch.int32
-        self.key_b, self.key_slot, self.q_flat = dev(key_b), dev(key_slot), dev(q_flat)
-        self.cu_q, self.cu_loc = dev(cu(counts), i32), dev(cu_loc, i32)
-        self.k_start, self.k_used = dev(rows * N, i32), dev(first, i32)
-        self.cu_k = dev(np.concatenate([rows * N, [B * N]]), i32)
-        self.loc_index, self.q_loc = dev(loc_index), dev(q_loc)
-        self.first_queries = dev(np.nonzero(first[chunk_of_query] == 0)[0])  # their chunk has no prefix
-        self.all_queries = bool(q_valid.all())  # no filler: q_flat is every slot in order
-        self._dup = None
-
-    @property
-    def dup_index(self) -> torch.Tensor:
-        return self._duplicated()[0]
-
-    @property
-    def cu_dup(self) -> torch.Tensor:
-        return self._duplicated()[1]
-
-    def _duplicated(self):
-        if self._dup is None:
-            used, start = self.k_used_np, self.k_start_np
-            offsets = np.concatenate([[0], np.cumsum(used)])
-            index = np.repeat(start - offsets[:-1], used) + np.arange(offsets[-1])
-            device = self.q_flat.device
-            self._dup = (torch.from_numpy(index).to(device), torch.from_numpy(offsets).to(device, torch.int32))
-        return self._dup
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_b, self.key_slot = rows.repeat_interleave(K), order.reshape(-1)
+        self.cu_q = torch.cat([zero, torch.cumsum(size, 0)]).to(i32)
+        self.k_used = first.to(i32)
+        self.cu_k = torch.cat([(rows * K).repeat_interleave(M), zero + B * K]).to(i32)
+        cu_loc = torch.cat([zero, torch.cumsum(loc_len, 0)])
+        self.cu_loc = cu_loc.to(i32)
+        self.q_loc = cu_loc[chunk_of] + flat_rank - first[chunk_of]
+        self.no_prefix = first[chunk_of] == 0
+        at = torch.arange(B * K, device=device)
+        owner = torch.searchsorted(cu_loc[1:], at, right=True).clamp(max=n - 1)  # the local block of each row
+        self.loc_index = ((owner // M) * K + first[owner] + at - cu_loc[owner]).clamp(0, B * K - 1)
+        self.max_q, self.max_k, self.max_loc = chunk, K, min(span, K)
+        self.num_chunks = n
 
     def work(self) -> dict:
-        """Query-key pairs each part computes (for the benchmark's accounting)."""
-        counts = np.diff(self.cu_q.cpu().numpy())
-        loc = np.diff(self.cu_loc.cpu().numpy()).astype(np.int64)
-        return {"prefix": int((counts * self.k_used_np).sum()), "local": int((loc * (loc + 1) // 2).sum()),
+        """Query-key pairs each part computes (host copies: for the benchmark's accounting and tests)."""
+        counts = self.cu_q.diff().long().cpu()
+        loc = self.cu_loc.diff().long().cpu()
+        return {"prefix": int((counts * self.k_used.long().cpu()).sum()), "local": int((loc * (loc + 1) // 2).sum()),
                 "queries": int(counts.sum()), "chunks": self.num_chunks}
 
 
@@ -177,7 +151,6 @@ class KeepChunks:
 
 class MathKernel:
     """The reference: float32 scores, any device. Serves the CPU (tests) and flash backends emulated there."""
-    shared_prefix = True
 
     @staticmethod
     def _attend(q, k, v, scale, causal):
@@ -215,7 +188,6 @@ class TorchFlashKernel:
     unmasked. Reads each chunk's prefix in place: offsets ``cu_k`` need not increase when ``seqused_k`` is given
     (each sequence reads k[cu_k[i] : cu_k[i] + seqused_k[i]]); checked on the H200 (torch 2.11:
     tests/gpu/results/keep_kernels.json)."""
-    shared_prefix = True
 
     def varlen(self, q, k, v, cu_q, cu_k, used_k, max_q, max_k, scale, causal):
         out, lse = torch.ops.aten._flash_attention_forward(
@@ -227,7 +199,6 @@ class FlashAttention4Kernel:
     """FlashAttention 4's CuTe kernels (``flash_attn.cute.flash_attn_varlen_func``), for
     attn_implementation="flash_attention_4". Its ``seqused_k`` with repeating ``cu_seqlens_k`` reads the prefixes
     in place too (flash-attn-4 4.0.0b36 on the H200: tests/gpu/results/keep_kernels_fa4.json)."""
-    shared_prefix = True
 
     def __init__(self):
         from flash_attn.cute import flash_attn_varlen_func
@@ -269,7 +240,7 @@ def kernel_for(backend: str, device: torch.device, dtype):
 def keep_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention-function signature: query [B, h, A, d] (the active slots), key/value
     [B, kv_heads, K, d] (the layer's cache after its update), ``attention_mask`` the call's ``KeepChunks``.
-    Returns ([B, A, h, d], None); filler slots get zeros."""
+    Returns ([B, A, h, d], None); filler slots get finite values of no meaning."""
     chunks: KeepChunks = attention_mask
     if dropout:
         raise ValueError("dashvl's kv='keep' attention runs without dropout (call model.eval())")
@@ -279,37 +250,26 @@ def keep_attention(module, query, key, value, attention_mask, dropout: float = 0
     scale = scaling if scaling is not None else d ** -0.5
     kernel = kernel_for(chunks.backend, query.device, query.dtype)
     q = query.transpose(1, 2).reshape(B * A, h, d)
-    if not chunks.all_queries:  # fillers: only the valid queries go in
-        q = q[chunks.q_flat]
-    keys = key.transpose(1, 2)[chunks.key_b, chunks.key_slot]  # [B·N, kv_heads, d], rank order
+    keys = key.transpose(1, 2)[chunks.key_b, chunks.key_slot]  # [B·K, kv_heads, d], rank order
     values = value.transpose(1, 2)[chunks.key_b, chunks.key_slot]
-    if kernel.shared_prefix:
-        out_p, lse_p = kernel.varlen(q, keys, values, chunks.cu_q, chunks.cu_k, chunks.k_used, chunks.max_q,
-                                     max(chunks.max_k, 1), scale, False)
-    else:
-        index = chunks.dup_index
-        out_p, lse_p = kernel.varlen(q, keys[index], values[index], chunks.cu_q, chunks.cu_dup, None, chunks.max_q,
-                                     max(chunks.max_k, 1), scale, False)
-    q_loc = q.new_zeros(chunks.loc_index.shape[0], h, d)
-    q_loc[chunks.q_loc] = q
+    out_p, lse_p = kernel.varlen(q, keys, values, chunks.cu_q, chunks.cu_k, chunks.k_used, chunks.max_q,
+                                 chunks.max_k, scale, False)
+    q_loc = q.new_zeros(chunks.loc_index.shape[0], h, d).index_copy_(0, chunks.q_loc, q)
     out_l, lse_l = kernel.varlen(q_loc, keys[chunks.loc_index], values[chunks.loc_index], chunks.cu_loc,
                                  chunks.cu_loc, None, chunks.max_loc, chunks.max_loc, scale, True)
-    merged = _merge(out_p, lse_p, out_l[chunks.q_loc], lse_l[:, chunks.q_loc], chunks.first_queries)
-    if chunks.all_queries:
-        return merged.view(B, A, h, d), None
-    out = query.new_zeros(B * A, h, d)
-    out[chunks.q_flat] = merged
-    return out.view(B, A, h, d), None
+    merged = _merge(out_p, lse_p, out_l.index_select(0, chunks.q_loc), lse_l.index_select(1, chunks.q_loc),
+                    chunks.no_prefix)
+    return merged.view(B, A, h, d), None
 
 
 def _merge(out_p, lse_p, out_l, lse_l, no_prefix):
-    """Two partial attentions of the same queries (out [n, h, d], lse float32 [h, n]) as one, in the queries'
-    dtype: out_l + σ(lse_p - lse_l)·(out_p - out_l). ``no_prefix``: long, the queries whose chunk has no prefix
-    (a kernel may leave their prefix output or lse unset): they take the local part alone."""
-    out_p = out_p.index_fill(0, no_prefix, 0.0) if no_prefix.numel() else out_p
-    lse_p = lse_p.index_fill(1, no_prefix, float("-inf")) if no_prefix.numel() else lse_p
-    weight = torch.sigmoid(lse_p - lse_l).transpose(0, 1)[..., None]  # the prefix's share, float32 [n, h, 1]
-    return torch.lerp(out_l.float(), out_p.float(), weight).to(out_l.dtype)
+    """Two partial attentions of the same queries (out [n, h, d], lse float32 [h, n]) as one:
+    out_l + σ(lse_p - lse_l)·(out_p - out_l). ``no_prefix`` (bool [n]): queries whose chunk has no prefix (a kernel
+    may leave their prefix output or lse unset): they take the local part alone."""
+    out_p = out_p.masked_fill(no_prefix[:, None, None], 0.0)
+    lse_p = lse_p.masked_fill(no_prefix[None], float("-inf"))
+    weight = torch.sigmoid(lse_p - lse_l).transpose(0, 1)[..., None]  # the prefix's share [n, h, 1]
+    return torch.lerp(out_l, out_p, weight.to(out_l.dtype))
 
 
 def register() -> None:

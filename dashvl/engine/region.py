@@ -117,7 +117,8 @@ def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cac
     ``rotaries``: {rope kind: (cos, sin) [B or 1, T, head_dim]}; the key None when every halted layer takes the
     call's. ``kinds``: the halted layers' ``windows.RegionKinds``, or None (all alike). Records the cache layout
     in ``layouts`` (cache -> CacheLayout). None when nothing halted, now or earlier in this cache: the layers
-    run as usual. A kv="keep" prompt on the fast path (``plan.fast_keep``) gets a ``KeepChunks`` for a mask."""
+    run as usual. A kv="keep" prompt on the fast path (``plan.fast_keep``) gets a ``KeepChunks`` for a mask (the
+    graph path: the key positions it is built from)."""
     layout, compact = plan.layout, plan.active is not None
     if not compact and layout is None:
         return None
@@ -152,7 +153,9 @@ def enter(plan, hidden: torch.Tensor, rotaries: dict, layouts, backend: str, cac
     if plan.blocks is not None and T > 1:  # Gemma 3's images: their tokens see each other both ways
         blocks = (block_of(plan.blocks, q_pos, past), block_of(plan.blocks, key_pos, past))
 
-    chunks = KeepChunks(key_pos, q_pos.shape[1], backend) if compact and plan.fast_keep else None
+    chunks = None
+    if compact and plan.fast_keep:  # the graph path builds its KeepChunks inside the graph, from key_pos
+        chunks = key_pos if plan.graph else KeepChunks(key_pos, q_pos.shape[1], backend)
 
     def mask(window=None):
         if chunks is not None:  # by rank, no mask (flash serves windowed layers within the window only)

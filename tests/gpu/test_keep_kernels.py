@@ -1,12 +1,13 @@
 """kv="keep" without a mask on the real kernels (``dashvl.engine.keep_attention``), on the H200:
 
-- each kernel (torch's flash varlen, FA4's when installed), reading prefixes in place (``shared_prefix``: varlen
-  offsets that repeat, with ``seqused_k``) and from a copy, against the definition in float32 (every valid key at a
-  position up to the query's), as close as SDPA's own masked bf16 kernel is to it;
+- each kernel (torch's flash varlen, FA4's when installed), reading every chunk's prefix in place (varlen offsets
+  that repeat, with ``seqused_k``), against the definition in float32 (every valid key at a position up to the
+  query's), as close as SDPA's own masked bf16 kernel is to it;
 - on 6-layer random bf16 models at the 7B models' head shapes (``bench.common.SHAPES``), prompts of about 3k
   tokens, batch 1 and a left-padded batch of 3: keep through keep_attention (``MODE="always"``) against keep with
   SDPA's mask (``MODE="never"``), the same halted tokens, prefill logits as close as the unmodified model on SDPA is
-  to itself on eager (the kernels' own bf16 rounding), the first greedy tokens the same.
+  to itself on eager (the kernels' own bf16 rounding), the first greedy tokens the same; batch 1 takes the graph
+  path (the chunking captured with the layers), batch 3 the layers one by one.
 
     python -m pytest tests/gpu/test_keep_kernels.py      # on the device (bash bench/run_gpu_keep.sh)
 """
@@ -39,14 +40,11 @@ def _kernels():
 
 
 @pytest.mark.parametrize("past,runs", [(0, False), (64, True)])
-@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("name", ["torch_flash", "fa4"])
-def test_kernel_equals_the_definition(gpu, record, monkeypatch, name, shared, past, runs):
+def test_kernel_equals_the_definition(gpu, record, name, past, runs):
     if name not in _kernels():
         pytest.skip("flash-attn-4 is not installed (bash bench/run_gpu_flash4.sh installs it)")
     backend = "flash_attention_4" if name == "fa4" else "sdpa"
-    kernel = ka.kernel_for(backend, torch.device(DEVICE), torch.bfloat16)
-    monkeypatch.setattr(kernel, "shared_prefix", shared)
     torch.manual_seed(0)
     key_pos, A = _random_layout(2, past, 3000, 0.75, runs, seed=past)
     key_pos = key_pos.to(DEVICE)
@@ -65,12 +63,11 @@ def test_kernel_equals_the_definition(gpu, record, monkeypatch, name, shared, pa
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=scale,
                                                             enable_gqa=True).transpose(1, 2)
     valid = q_pos >= 0
+    assert torch.isfinite(got).all()
     err = (got.float() - want)[valid].abs().max().item()
     sdpa_err = (sdpa.float() - want)[valid].abs().max().item()
-    result = dict(kernel=name, shared_prefix=shared, past=past, runs=runs, max_err=err, sdpa_masked_err=sdpa_err,
-                  **chunks.work())
+    result = dict(kernel=name, past=past, runs=runs, max_err=err, sdpa_masked_err=sdpa_err, **chunks.work())
     record(result)
-    assert torch.isfinite(got).all()
     assert err <= 2 * sdpa_err + 1e-3, result
 
 
@@ -111,13 +108,14 @@ def test_keep_without_a_mask_equals_keep_with_it(gpu, record, monkeypatch, name,
             with dashvl.compress(model, method="dash", scope="all", ratio=0.75, layer=2, kv="keep") as h:
                 out[mode] = _gen(model, inputs)
                 out[mode, "halted"] = h.trace.halted.clone()
+                out[mode, "graph"] = h._graphs.captures if h._graphs is not None else 0
     finally:
         dashvl.release_graphs(model)
         del model
         torch.cuda.empty_cache()
     diff = lambda a, b: (a.logits[0].float() - b.logits[0].float()).abs().max().item()  # noqa: E731
     gap = diff(out["unmodified"], out["eager"])
-    result = dict(model=name, batch=batch, kernel_gap_sdpa_vs_eager=gap,
+    result = dict(model=name, batch=batch, kernel_gap_sdpa_vs_eager=gap, graph_captures=out["always", "graph"],
                   same_halted=torch.equal(out["never", "halted"], out["always", "halted"]),
                   keep_fast_vs_masked_prefill_diff=diff(out["always"], out["never"]),
                   first_token_same=torch.equal(out["always"].sequences[:, -NEW], out["never"].sequences[:, -NEW]),
