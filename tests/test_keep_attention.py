@@ -160,7 +160,8 @@ def test_auto_mode_keeps_masks_on_the_cpu(monkeypatch):
     test_reference._check_against_reference("llama", "sdpa", 1, "keep")
     assert not called
     assert ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 16384, False, False)
-    assert not ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 4096, False, False)
+    assert ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 4160, False, False)
+    assert not ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 1088, False, False)
     assert not ka.applies("sdpa", torch.device("cuda"), torch.float32, 16384, False, False)
     assert not ka.applies("eager", torch.device("cuda"), torch.bfloat16, 16384, False, False)
     assert not ka.applies("sdpa", torch.device("cuda"), torch.bfloat16, 16384, True, False)  # windows: masks

@@ -41,12 +41,11 @@ SPAN = 1024
 
 # "auto": the fast path on flash backends always (they take no mask), on SDPA on CUDA in half precision from
 # MIN_TOKENS prompt tokens on; "always": wherever it can be exact (tests: the CPU runs it with the reference
-# kernel); "never": masks only. Measured on the H200 at Qwen2-VL-7B shapes, keep 0.75 (bench/RESULTS.md): at 4,160
-# tokens SDPA's masked kernel with the CUDA graph ties (2.08x against 2.05x: the fast path's extra ops per layer
-# cost host time there), at 16,448 the fast path is ahead (2.46x against 1.96x). The cut-over between is not
-# measured: 8,192 is the midpoint.
+# kernel); "never": masks only. Measured on the H200 at Qwen2-VL-7B shapes, both paths with their CUDA graphs
+# (bench/RESULTS.md): at 1,088 tokens SDPA's masked kernel is ahead (keep 0.75: 1.59x against 1.47x), at 4,160 they
+# tie at rho 0.75 and the fast path leads at 0.5 (1.43x against 1.37x), at 16,448 it leads (2.46x against 1.95x).
 MODE = "auto"
-MIN_TOKENS = 8192
+MIN_TOKENS = 4096
 
 
 def applies(backend: str, device: torch.device, dtype, length: int, windowed: bool, blocks: bool) -> bool:
