@@ -105,7 +105,7 @@ def main(argv=None):
         call = lambda: model(**inputs, use_cache=True, logits_to_keep=1)  # noqa: E731
         checks = check(model, inputs, ratios[-1], args.layer) if not flash else {}
         samples = {name: [] for name, *_ in todo}
-        limits, work = {"unmodified": 1.0}, {}
+        limits = {"unmodified": 1.0}
         with torch.no_grad():
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 3:  # clocks up
