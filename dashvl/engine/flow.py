@@ -205,11 +205,13 @@ class CallFlow:
             self._history_hooks += [layer.register_forward_pre_hook(self.on_layer_input, with_kwargs=True)
                                     for layer in self._input_layers]
         if self.short_layers is not None and (plan.num_halted is not None or plan.layout is not None):
-            plan.fast_keep = plan.frozen_keys is not None and keep_attention.applies(
-                self.call_backend, plan.real.device, self._dtype(), plan.length,
-                self.kinds is not None and self.kinds.windowed, plan.blocks is not None)
+            if plan.frozen_keys is not None:
+                device, dtype = plan.real.device, next(self.halted_layers[0].parameters()).dtype
+                plan.fast_keep = keep_attention.applies(self.call_backend, device, dtype, plan.length,
+                                                        self.kinds is not None and self.kinds.windowed,
+                                                        plan.blocks is not None)
             # keep_attention's float32 kernel reads its chunk offsets on the host: not inside a CUDA graph
-            width = None if plan.fast_keep and not keep_attention.capturable(plan.real.device, self._dtype()) \
+            width = None if plan.fast_keep and not keep_attention.capturable(device, dtype) \
                 else self._graph_width(plan, kwargs)
             if width is not None:
                 plan.use_graph(width)
@@ -389,9 +391,6 @@ class CallFlow:
                 kwargs["attention_mask"], kwargs["position_embeddings"] = masks[window], rotaries[rope]
                 hidden = decoder_layer(hidden, **kwargs)
         return hidden
-
-    def _dtype(self):
-        return next(self.halted_layers[0].parameters()).dtype
 
     def _step_kernels(self, hidden: torch.Tensor):
         """SDPA on CUDA without its cuDNN kernel for the halted layers' decode step. Measured on the H200

@@ -5,7 +5,8 @@ slot order ([earlier turns | halted tokens | active tokens]) that is a staircase
 would leave its flash kernel for a masked one (about 66% of keep's FLOPs limit on the H200, issue 16) and
 FlashAttention could not serve it at all. In *rank* order (every valid key sorted by position) a query of rank r
 sees exactly the keys of rank 0..r. So the active query slots are cut into chunks of at most ``CHUNK``
-consecutive ones spanning fewer than ``SPAN`` ranks, and each chunk's attention is two unmasked-or-causal varlen calls merged by their log-sum-exp:
+consecutive ones spanning fewer than ``SPAN`` ranks, and each chunk's attention is two unmasked-or-causal varlen
+calls merged by their log-sum-exp:
 
 - **prefix**: the chunk's queries against the keys ranked before its first query, unmasked; every chunk reads a
   prefix of its row's rank-ordered keys in place (varlen offsets that repeat, with ``seqused_k``);
@@ -27,8 +28,8 @@ import contextlib
 
 import torch
 
-__all__ = ["NAME", "CHUNK", "SPAN", "MODE", "MIN_TOKENS", "KeepChunks", "keep_attention", "applies", "capturable", "kernel_for",
-           "switched", "register"]
+__all__ = ["NAME", "CHUNK", "SPAN", "MODE", "MIN_TOKENS", "KeepChunks", "keep_attention", "applies", "capturable",
+           "kernel_for", "switched", "register"]
 
 NAME = "dashvl_keep"
 
@@ -48,6 +49,11 @@ MODE = "auto"
 MIN_TOKENS = 4096
 
 
+def _flash_kernel(device: torch.device, dtype) -> bool:
+    """Whether a FlashAttention kernel serves this device and dtype (else the float32 reference does)."""
+    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
 def applies(backend: str, device: torch.device, dtype, length: int, windowed: bool, blocks: bool) -> bool:
     """Whether a kv="keep" prompt of ``length`` tokens runs its halted layers through ``keep_attention``.
     ``windowed``: the halted layers are of several kinds (sliding windows); ``blocks``: bidirectional image
@@ -60,14 +66,13 @@ def applies(backend: str, device: torch.device, dtype, length: int, windowed: bo
         return False
     if MODE == "always":
         return True
-    return backend == "sdpa" and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and \
-        length >= MIN_TOKENS
+    return backend == "sdpa" and _flash_kernel(device, dtype) and length >= MIN_TOKENS
 
 
 def capturable(device: torch.device, dtype) -> bool:
     """Whether the kernel serving this device and dtype can run inside a CUDA graph (the float32 reference reads
     offsets on the host; off CUDA the graph path is only ever emulated)."""
-    return device.type != "cuda" or dtype in (torch.float16, torch.bfloat16)
+    return device.type != "cuda" or _flash_kernel(device, dtype)
 
 
 class KeepChunks:
@@ -99,8 +104,7 @@ class KeepChunks:
                  span: int | None = None):
         chunk, span = chunk or CHUNK, span or SPAN
         device, (B, K), A = key_pos.device, key_pos.shape, num_queries
-        self.backend, self.batch, self.K, self.A = backend, B, K, A
-        self.key_pos = key_pos
+        self.backend = backend
         unused_last = torch.where(key_pos >= 0, key_pos, torch.iinfo(torch.long).max)
         order = torch.sort(unused_last, dim=1, stable=True).indices  # [B, K]
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(K, device=device).expand(B, K))
@@ -223,7 +227,7 @@ _KERNELS: dict = {}
 def kernel_for(backend: str, device: torch.device, dtype):
     """The kernel that serves ``backend`` here: on CUDA in half precision torch's flash kernel (FA4's own for
     flash_attention_4), else the float32 reference."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+    if not _flash_kernel(device, dtype):
         name = "math"
     elif backend == "flash_attention_4":
         name = "fa4"

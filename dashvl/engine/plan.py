@@ -28,7 +28,7 @@ class CallPlan:
         all_valid: every row fills its ``width`` slots (no filler slots).
         frozen_keys: kv="keep": the halted tokens' keys/values above l_s (``FrozenKeys``); else None.
     Set as the call runs:
-        fast_keep: kv="keep" runs the halted layers' attention through ``keep_attention`` (no mask, no graph).
+        fast_keep: kv="keep" runs the halted layers' attention through ``keep_attention`` (no mask).
         started: the decoder stack began running this call.
         graph: the halted region replays a CUDA graph in this call (``use_graph``).
         cache, past_length: the call's cache and how many tokens it held before the call (noted as the decoder
