@@ -130,8 +130,15 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
     """One row per setting: median ms of ttft and each whole answer, per-token ms, or the refusal."""
     extra = {"cache_implementation": "static"} if cache == "static" else {}
 
-    def call(n):
-        return lambda: model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
+    kept = {}  # setting -> the bytes of its last whole answer's cache (a row's cache_mb)
+
+    def call(n, i):
+        def run():
+            out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 return_dict_in_generate=True, **extra)
+            if n == max(lengths):
+                kept[i] = cache_bytes(out.past_key_values)
+        return run
 
     lengths = [1] + list(new_tokens)
     samples = {i: {n: [] for n in lengths} for i in range(len(settings))}
@@ -152,7 +159,7 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
                         # a pre-hook would be traced into the static cache's compiled step: per_token only there
                         clock = StepClock(model) if n == max(lengths) and cache != "static" else None
                         try:
-                            ms = _clock(call(n), cuda)
+                            ms = _clock(call(n, i), cuda)
                         finally:
                             if clock is not None:
                                 clock.remove()
@@ -174,7 +181,8 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
             med = {n: statistics.median(samples[i][n]) for n in lengths}
             row.update(ttft=med[1], **{f"whole_{n}": med[n] for n in new_tokens},
                        per_token=(med[max(new_tokens)] - med[1]) / (max(new_tokens) - 1),
-                       step=statistics.median(steps[i]) if steps[i] else float("nan"))
+                       step=statistics.median(steps[i]) if steps[i] else float("nan"),
+                       cache_mb=kept.get(i, 0) / 2 ** 20)
         rows.append(row)
     base = rows[0]
     for row in rows[1:]:
@@ -187,8 +195,16 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
     return rows
 
 
+def cache_bytes(cache) -> int:
+    """Bytes of a generate() cache's keys and values (a kv="drop" static cache's halted layers are compact)."""
+    layers = getattr(cache, "layers", None) or ()
+    return sum(t.numel() * t.element_size() for layer in layers for t in (getattr(layer, "keys", None),
+                                                                          getattr(layer, "values", None))
+               if isinstance(t, torch.Tensor))
+
+
 def markdown(rows, new_tokens) -> str:
-    cols = ["setting", "ttft", "per_token", "step"] + [f"whole_{n}" for n in new_tokens]
+    cols = ["setting", "ttft", "per_token", "step"] + [f"whole_{n}" for n in new_tokens] + ["cache_mb"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "refused" in r:

@@ -1,6 +1,8 @@
 """generate(..., cache_implementation="static") on a compressed model (issue 21): the halted prefill is stored
 into the static cache by position, so decode steps are transformers' own (compiled where it compiles them);
 kv="drop" leaves the halted slots out of the halted layers' masks (``engine.static_cache``)."""
+import weakref
+
 import pytest
 import torch
 from transformers import CompileConfig
@@ -9,7 +11,7 @@ import dashvl
 from bench.decode_ops import decode_step_counts, host_reads
 from dashvl.engine import static_cache
 from dashvl.tiny import tiny_decoder
-from tests.helpers import assert_same_generation, build, dash_reference, generate, make_inputs
+from tests.helpers import NEW_TOKENS, assert_same_generation, build, dash_reference, generate, make_inputs
 
 STATIC = dict(cache_implementation="static")
 
@@ -44,17 +46,90 @@ def test_ratio_zero_on_a_static_cache_is_bitwise_unmodified(family):
     assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits))
 
 
-def test_drop_needs_its_holes_masked(monkeypatch):
-    """Without leaving the halted slots out of the decode mask, kv="drop" on a static cache is wrong: the
-    equality above depends on ``HoleMasks``."""
+def _no_counter(mask, holes, written, queries):  # every compact slot, the ones no step wrote yet included
+    return holes[:, None, None, :].expand(-1, 1, queries, -1)
+
+
+def _no_holes(mask, holes, written, queries, compact_mask=static_cache.compact_mask):
+    return compact_mask(mask, torch.ones_like(holes), written, queries)  # the fillers of padded rows included
+
+
+@pytest.mark.parametrize("wrong,batch", [(_no_counter, 1), (_no_holes, 3)])
+def test_drop_needs_its_compact_mask(monkeypatch, wrong, batch):
+    """The equality above depends on both halves of ``compact_mask``: without the counter a decode step attends
+    to slots no step wrote yet; without the holes, a padded row to its filler slots."""
     model, _ = build("llama")
-    inputs = make_inputs("llama", 1)
+    inputs = make_inputs("llama", batch)
     tokens, logits = _reference(model, inputs, "drop")
-    monkeypatch.setattr(static_cache, "with_holes", lambda mask, holes, position_ids: mask)
-    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop"):
+    monkeypatch.setattr(static_cache, "compact_mask", wrong)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop") as handle:
         out = generate(model, inputs, **STATIC)
+        if batch > 1:
+            assert not static_cache.holes_of(out.past_key_values).all()  # a padded row has filler slots
     with pytest.raises(AssertionError):
         assert_same_generation(out, inputs, tokens, logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_drop_makes_the_halted_static_layers_compact(monkeypatch, family):
+    """kv="drop": the halted layers' static buffers hold the active slots and the new tokens only (their
+    memory, and what each decode step reads, shrinks by the halted share); the layers below keep full width."""
+    monkeypatch.setattr(static_cache, "_WIDTHS", weakref.WeakKeyDictionary())  # no width from an earlier test
+    model, _ = build(family)
+    inputs = make_inputs(family, 3)
+    T = inputs["input_ids"].shape[1]
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop") as handle:
+        out = generate(model, inputs, **STATIC)
+        active = int(handle.trace.active.sum(1).max())  # the prompt's compact slots: the fullest row's
+    cache = out.past_key_values
+    full = static_cache.max_length(cache)  # T + the new tokens (or an earlier generate()'s longer one)
+    assert [layer.keys.shape[2] for layer in cache.layers[:2]] == [full] * 2
+    rung = -(-full // 32)  # the width grows in 1/32 steps of the stock one (fewer recompilations)
+    assert {layer.keys.shape[2] for layer in cache.layers[2:]} == {-(-(active + full - T) // rung) * rung}
+    assert cache.layers[2].keys.shape[2] < full
+    assert active <= T - int(0.5 * T) + 3  # about half of each row halted (rows differ by padding)
+    assert {int(layer.cumulative_length) for layer in cache.layers[2:]} == {active + NEW_TOKENS - 1}
+
+
+def _shorter(inputs, by: int):
+    return {k: v[:, by:] for k, v in inputs.items()}  # text inputs of a left-padded batch: the first tokens go
+
+
+def test_the_compact_width_grows_to_the_widest_need_and_stays(monkeypatch):
+    """Prompts on one stock width take the widest compact width made before (transformers keeps one stock
+    width for all requests up to the longest so far): a prompt that halts fewer tokens widens it, later ones
+    reuse it, and the answers stay the reference's."""
+    monkeypatch.setattr(static_cache, "_WIDTHS", weakref.WeakKeyDictionary())
+    model, _ = build("llama")
+    long = make_inputs("llama", 3)
+    short = _shorter(long, 4)
+    tokens, logits = _reference(model, short, "drop")
+    width = lambda out: out.past_key_values.layers[2].keys.shape[2]  # noqa: E731
+    full = lambda out: static_cache.max_length(out.past_key_values)  # noqa: E731
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop"):
+        first = generate(model, long, **STATIC)
+        wider = generate(model, short, **STATIC)  # fewer halted tokens, same stock width: needs more slots
+        again = generate(model, long, **STATIC)
+        out = generate(model, short, **STATIC)
+    assert full(first) == full(wider) == full(again) == full(out)
+    assert width(first) < width(wider) == width(again) == width(out) < full(first)
+    assert_same_generation(out, short, tokens, logits)
+
+
+def test_prompts_within_the_compact_width_reuse_the_compiled_decode_step(monkeypatch):
+    import torch._dynamo.utils as dynamo_utils
+    monkeypatch.setattr(static_cache, "_WIDTHS", weakref.WeakKeyDictionary())
+    model, _ = build("llama")
+    long = make_inputs("llama", 3)
+    config = _compile_config()
+    counts = []
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv="drop"):
+        for inputs in (long, _shorter(long, 4), long, _shorter(long, 2), _shorter(long, 4)):
+            eager = generate(model, inputs, **STATIC)
+            compiled = generate(model, inputs, **STATIC, compile_config=config)
+            counts.append(dynamo_utils.counters["stats"]["unique_graphs"])
+            assert torch.equal(compiled.sequences, eager.sequences)
+    assert counts[1] == counts[2] == counts[3] == counts[4], counts  # compiled for the widest need, then reused
 
 
 @pytest.mark.parametrize("kv", ["drop", "keep"])
@@ -101,15 +176,16 @@ def test_the_compiled_decode_step_equals_the_eager_one_before_and_after_compress
     assert "get_compiled_call" not in model.__dict__
 
 
-@pytest.mark.parametrize("kv,extra", [("keep", 0), ("drop", 1)])
-def test_a_static_decode_step_adds_at_most_the_holes_op(kv, extra):
-    """kv="keep": not one op more than the unmodified static step; kv="drop": one (the mask without the
-    holes, shared by every halted layer); no host read either way."""
+@pytest.mark.parametrize("kv,extra", [("keep", 0), ("drop", 5)])
+def test_a_static_decode_step_adds_at_most_the_compact_mask(kv, extra):
+    """kv="keep": not one op more than the unmodified static step; kv="drop": the five ops of the compact mask
+    (the slots' arange, against the counter, with the holes, two unsqueezes), made once for every halted
+    layer; no host read either way."""
     model, _ = build("llama")
     inputs = make_inputs("llama", 3)
     base, got = decode_step_counts(model, inputs, [None, dict(ratio=0.5, layer=1, kv=kv)], **STATIC)
     ops = lambda c: sum(c.values()) - c["tolist"]  # noqa: E731
-    assert ops(got) - ops(base) == extra + 2 * extra, got - base  # the op and its two unsqueezes
+    assert ops(got) - ops(base) == extra, got - base
     assert host_reads(got) <= host_reads(base)
 
 

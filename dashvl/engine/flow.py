@@ -26,9 +26,9 @@ So the halted layers carry no hook of dashvl's, a decode step costs the stock pe
 hooks on the model and two on the stack, and at ratio 0 nothing above l_s is touched.
 
 A StaticCache (``static_cache``): a prompt that halts runs the region on a private DynamicCache, then stores it
-into the static layers by position; decode steps are the stock ones (kv="drop": one mask op per step, from
-``HoleMasks``, the only hooks dashvl puts on decoder layers, on from a kv="drop" model's first static prompt until
-``restore``). Under torch.compile (transformers' compiled static decode step) every hook returns at once.
+into the static layers (kv="keep": by position; kv="drop": compact, active slots only); decode steps are the stock
+ones (kv="drop": the halted layers' mask over their compact slots, one small mask per step, from ``HoleMasks``, the
+only hooks dashvl puts on decoder layers, on from a kv="drop" model's first static prompt until ``restore``). Under torch.compile (transformers' compiled static decode step) every hook returns at once.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class CallFlow:
         # kv="drop" on a StaticCache: the halted layers' masks leave the halted slots out (installed on first use)
         self.hole_masks = self.compiled_decode = None
         if self.kv_mode == "drop":
-            self.hole_masks = static_cache.HoleMasks(self.halted_layers, self.cache_kw)
+            self.hole_masks = static_cache.HoleMasks(self.halted_layers, self.first_halted, self.cache_kw)
             self.compiled_decode = static_cache.CompiledDecode(model, ("drop", self.first_halted, self.cache_kw))
 
     @property
@@ -416,8 +416,14 @@ class CallFlow:
 
     def _store_static(self, plan: CallPlan) -> None:
         layout = self.layouts.pop(plan.cache)
-        holes = static_cache.store(plan.cache, plan.static, self.first_halted, layout.key_pos, plan.length,
-                                   self.kv_mode == "drop")
+        if self.kv_mode == "keep":
+            static_cache.store(plan.cache, plan.static, self.first_halted, layout.key_pos, plan.length)
+            return
+        # kv="drop": the halted layers keep only the active slots (a shorter cache to read per decode step)
+        key_pos, full = layout.key_pos, static_cache.max_length(plan.static)
+        width = static_cache.compact_width(self.model, self.compiled_decode.key, key_pos.shape[1] + full - plan.length,
+                                           full)
+        holes = static_cache.store_compact(plan.cache, plan.static, self.first_halted, key_pos, plan.length, width)
         static_cache.set_holes(plan.static, holes)
 
     def _enter_region(self, plan: CallPlan, hidden, kwargs) -> region.RegionInputs | None:

@@ -7,11 +7,16 @@ then ``store`` writes each halted layer's keys/values into the static layer *at 
 - kv="keep": every position has a key in every layer (halted tokens' from their frozen state), so the
   static cache is a stock one and decode steps are the stock steps: no hook of dashvl's does any work, and
   transformers' compiled decode step runs as it is.
-- kv="drop": the halted tokens' slots stay empty in the halted layers. ``HoleMasks`` (a pre-hook on each halted
-  layer, installed once such a cache exists) removes those slots from the stock decode mask: one ``&`` per
-  layer, traced into the compiled step like the rest of it.
+- kv="drop": the halted layers hold only the active tokens' keys, so their static layers are *compact*:
+  ``store_compact`` allocates them at (active slots + new tokens) instead of (prompt + new tokens), copies the
+  private cache's slots as they are, and sets each layer's write counter (``cumulative_length``) to the active
+  count, so the stock ``StaticLayer.update`` appends each decode step's key after them. At ρ = 0.75 a decode
+  step reads a quarter of the halted layers' prompt keys, and the cache takes a quarter of the memory there.
+  ``HoleMasks`` (a pre-hook on each halted layer, installed once such a cache exists) gives those layers their
+  mask over the compact slots: the held slots (a padded row's unused ones are holes) up to the layer's counter.
+  One small mask a step, shared by every halted layer, traced into the compiled step like the rest of it.
 
-The holes (bool [B, max_len], True = the slot holds a key) live on the cache object, so beam search reorders
+The holes (bool [B, compact width], True = the slot holds a key or will) live on the cache object, so beam search reorders
 them with the cache and a new prompt on the cache clears them.
 
 torch.compile does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): a decode step
@@ -28,7 +33,8 @@ import weakref
 import torch
 from transformers.cache_utils import DynamicCache, StaticLayer
 
-__all__ = ["is_static", "check_static", "store", "holes_of", "set_holes", "HoleMasks", "CompiledDecode"]
+__all__ = ["is_static", "check_static", "store", "store_compact", "compact_width", "holes_of", "set_holes", "compact_mask",
+           "HoleMasks", "CompiledDecode"]
 
 _HOLES = "_dashvl_holes"
 _REORDER_WRAPPED = "_dashvl_reorders_holes"
@@ -59,12 +65,10 @@ def max_length(cache) -> int:
     return cache.layers[0].max_cache_len
 
 
-def store(private: DynamicCache, static, first_halted: int, key_pos: torch.Tensor, length: int,
-          drop: bool) -> torch.Tensor | None:
-    """Write the halted layers' keys/values of a fresh prefill from ``private`` into ``static``, each slot at
-    its sequence position. ``key_pos``: long [B, K], the position each of ``private``'s key slots holds (-1:
-    filler). Returns the holes (bool [B, max_len]) for kv="drop", None for kv="keep" (no position is empty but
-    padding, which the stock mask leaves out)."""
+def store(private: DynamicCache, static, first_halted: int, key_pos: torch.Tensor, length: int) -> None:
+    """kv="keep": write the halted layers' keys/values of a fresh prefill from ``private`` into ``static``, each
+    slot at its sequence position (``key_pos``: long [B, K], the position each of ``private``'s key slots holds;
+    -1: filler). Every position then holds a key but padding, which the stock mask leaves out."""
     B = key_pos.shape[0]
     slot = torch.where(key_pos >= 0, key_pos, length)  # fillers go to one scratch column, dropped below
     for layer_index in range(first_halted, len(static.layers)):
@@ -76,12 +80,49 @@ def store(private: DynamicCache, static, first_halted: int, key_pos: torch.Tenso
             placed.scatter_(2, slot[:, None, :, None].expand_as(x), x)
             buffer[:, :, :length].copy_(placed[:, :, :length])  # in place: the buffers' addresses are static
         target.cumulative_length.fill_(length)
-    if not drop:
-        return None
-    held = torch.zeros(B, length + 1, dtype=torch.bool, device=key_pos.device)
-    held.scatter_(1, slot, True)
-    later = torch.ones(B, max_length(static) - length, dtype=torch.bool, device=key_pos.device)
-    return torch.cat([held[:, :length], later], 1)
+
+
+# model -> {(setting key, stock width): the widest compact layer made so far}. Later prompts with the same stock
+# width (transformers keeps one for all requests up to the longest so far) reuse it when it holds them, so the
+# compiled decode step sees one shape: it recompiles only when a prompt needs a wider one, in steps of 1/32 of
+# the stock width (what a step reads beyond its need is at most that).
+_WIDTHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_RUNGS = 32
+
+
+def compact_width(model, key, needed: int, full: int) -> int:
+    """The width of a kv="drop" prompt's compact layers: ``needed`` (active slots + decode slots) rounded up to
+    a 1/32 of ``full`` (the stock layers' width), or the widest one this model's setting ``key`` made before at
+    that stock width; at most ``full``."""
+    widths = _WIDTHS.setdefault(model, {})
+    rung = -(-full // _RUNGS)
+    width = min(full, max(-(-needed // rung) * rung, widths.get((key, full), 0)))
+    widths[key, full] = width
+    return width
+
+
+def store_compact(private: DynamicCache, static, first_halted: int, key_pos: torch.Tensor, length: int,
+                  width: int) -> torch.Tensor:
+    """kv="drop": make the halted static layers ``width`` slots wide and copy ``private``'s K key slots into
+    slots 0..K-1 as they are (any order serves attention: the keys carry their rotary positions); decode steps
+    write from slot K on. Returns the holes: bool [B, width], False at the slots no key will fill (fillers of
+    padded rows). ``length``: the prompt's length, T."""
+    B, K = key_pos.shape
+    if width < K + max_length(static) - length:
+        raise ValueError(f"compact width {width} cannot hold {K} prompt keys and the decode steps' keys")
+    for layer_index in range(first_halted, len(static.layers)):
+        source, target = private.layers[layer_index], static.layers[layer_index]
+        reuse = target.is_initialized and target.max_cache_len == width and target.keys.shape[0] == B
+        if not reuse:  # new buffers (marked static by transformers), at the compact width
+            target.max_cache_len = width
+            target.lazy_initialization(source.keys, source.values)
+        for buffer, x in ((target.keys, source.keys), (target.values, source.values)):
+            buffer[:, :, :K].copy_(x)  # in place: the buffers' addresses are static
+            if reuse:
+                buffer[:, :, K:].zero_()
+        target.cumulative_length.fill_(K)
+    later = torch.ones(B, width - K, dtype=torch.bool, device=key_pos.device)
+    return torch.cat([key_pos >= 0, later], 1)
 
 
 def holes_of(cache) -> torch.Tensor | None:
@@ -104,27 +145,32 @@ def set_holes(cache, holes: torch.Tensor | None) -> None:
         setattr(cache, _REORDER_WRAPPED, True)
 
 
-def with_holes(mask, holes: torch.Tensor, position_ids):
-    """The stock mask of a halted layer ([B, 1, Q, S], bool or additive; or None) without the empty slots."""
-    allowed = holes[:, None, None, :]
-    if mask is None:  # SDPA left the mask out: causal over the static slots, from the query positions
-        slots = torch.arange(holes.shape[1], device=holes.device)
-        return allowed & (slots <= position_ids[:, None, :, None])
-    if mask.dtype == torch.bool:
-        return mask & allowed
-    return mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
+def compact_mask(mask, holes: torch.Tensor, written: torch.Tensor, queries: int):
+    """A halted layer's mask over its compact slots, for ``queries`` new tokens: the held slots (``holes``,
+    bool [B, S]) that are written before each query's own (``written``: the layer's counter before this call,
+    a 0-d tensor; query i sees slots < written + i + 1). Bool, or additive in ``mask``'s dtype where the stock
+    mask is additive (eager); ``mask`` itself is over the stock slots and not used otherwise."""
+    slots = torch.arange(holes.shape[1], device=holes.device)
+    if queries == 1:  # a decode step: five small ops
+        allowed = (holes & (slots <= written))[:, None, None, :]
+    else:
+        allowed = holes[:, None, None, :] & (slots <= written + torch.arange(queries, device=holes.device)[:, None])
+    if mask is None or mask.dtype == torch.bool:
+        return allowed
+    return allowed.new_zeros(allowed.shape, dtype=mask.dtype).masked_fill_(~allowed, torch.finfo(mask.dtype).min)
 
 
 class HoleMasks:
-    """Pre-hooks on the halted layers that leave a kv="drop" static cache's empty slots out of their masks.
-    A call on any other cache finds no holes and passes through (one attribute read per layer). Installed at a
-    kv="drop" model's first static prompt and kept until ``restore``: torch.compile does not guard on hooks, so
-    hooks missing when the decode step was traced would stay missing from it."""
+    """Pre-hooks on the halted layers that give them their mask over a kv="drop" static cache's compact slots
+    (``compact_mask``). A call on any other cache finds no holes and passes through (one attribute read per
+    layer). Installed at a kv="drop" model's first static prompt and kept until ``restore``: torch.compile does
+    not guard on hooks, so hooks missing when the decode step was traced would stay missing from it."""
 
-    def __init__(self, halted_layers, cache_kw: str):
-        self.halted_layers, self.cache_kw = halted_layers, cache_kw
+    def __init__(self, halted_layers, first_halted: int, cache_kw: str):
+        self.halted_layers, self.first_halted, self.cache_kw = list(halted_layers), first_halted, cache_kw
+        self._index = {id(layer): first_halted + i for i, layer in enumerate(self.halted_layers)}
         self._hooks: list = []
-        self._last = None  # (stock mask, holes, combined) of the latest layer: the next layers reuse it
+        self._last = None  # the mask of this step, made at the first halted layer: the others reuse it
 
     def install(self) -> None:
         if not self._hooks:
@@ -137,17 +183,22 @@ class HoleMasks:
         self._last = None
 
     def _mask(self, module, args, kwargs):
-        holes = holes_of(kwargs.get(self.cache_kw, kwargs.get("past_key_values")))
+        cache = kwargs.get(self.cache_kw, kwargs.get("past_key_values"))
+        holes = holes_of(cache)
         if holes is None:
             return None
-        mask = kwargs.get("attention_mask")
-        if torch.compiler.is_compiling():  # traced once into the step: the compiler shares the work
-            kwargs["attention_mask"] = with_holes(mask, holes, kwargs.get("position_ids"))
-            return args, kwargs
-        last = self._last
-        if last is None or last[0] is not mask or last[1] is not holes or mask is None:
-            last = self._last = (mask, holes, with_holes(mask, holes, kwargs.get("position_ids")))
-        kwargs["attention_mask"] = last[2]  # every halted layer of one step gets the same mask: one op a step
+        first = module is self.halted_layers[0]
+        # under torch.compile every layer makes it (traced once into the step); eagerly the first halted layer
+        # makes it and the others reuse it: every halted layer's counter is the same before its own update
+        if first or self._last is None or torch.compiler.is_compiling():
+            hidden = args[0] if args else kwargs["hidden_states"]
+            written = cache.layers[self._index[id(module)]].cumulative_length
+            made = compact_mask(kwargs.get("attention_mask"), holes, written, hidden.shape[1])
+            if torch.compiler.is_compiling():
+                kwargs["attention_mask"] = made
+                return args, kwargs
+            self._last = made
+        kwargs["attention_mask"] = self._last
         return args, kwargs
 
 
