@@ -25,9 +25,10 @@ Glossary (one word per concept, in code and docstrings):
   materialised (``key_pos``) when a mask or a later turn needs them.
 - **decode step**: a call with one new token per row (T = 1). It halts nothing and, against all-valid keys,
   does no tensor work of dashvl's (``tests/test_decode_cost.py`` counts its aten ops).
-- **static cache** (``static_cache``): ``cache_implementation="static"``. A halted prompt's keys/values go into
-  its layers at their sequence positions, so decode steps (and transformers' compiled decode step) are stock;
-  kv="drop" leaves *holes* (halted slots) that ``HoleMasks`` removes from the halted layers' decode masks.
+- **static cache** (``static_cache``): ``cache_implementation="static"``. kv="keep": a halted prompt's
+  keys/values go into its layers at their sequence positions, so decode steps (and transformers' compiled
+  decode step) are stock. kv="drop": the halted layers are *compact* (the active slots, then the decode steps'),
+  and ``HoleMasks`` gives them their mask over those slots (the *holes*: a padded row's filler slots).
 - **layer kinds** (``windows.RegionKinds``): halted layers that differ (a sliding window, a rotary embedding of
   their own: Mistral, Gemma 3). Each kind gets its own mask (the window by original position) and cos/sin;
   the halted sliding layers keep their whole cache (``windows.keep_whole``). None for every other family.
