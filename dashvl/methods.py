@@ -24,7 +24,7 @@ import torch
 from . import policy
 
 __all__ = ["Method", "ScoreContext", "REGISTRY", "get", "names", "Dash", "Random", "FastV", "SnapKV", "StreamingLLM",
-           "DashAvg", "DashSnap", "DashSinks", "DivPrune", "V2Drop", "Downsample"]
+           "DashAvg", "DashSnap", "DashSinks", "DashQ", "DivPrune", "V2Drop", "Downsample"]
 
 STAGES = ("llm", "inputs")
 
@@ -160,6 +160,7 @@ class SnapKV(Method):
     name, summary = "snapkv", "SnapKV: attention the last 32 prompt tokens pay each token at l_s, pooled (window kept)"
     needs_attention_input = True
     window, kernel = 32, 7
+    value_weighted = False
 
     def score(self, ctx):
         T = ctx.real.shape[1]
@@ -169,9 +170,23 @@ class SnapKV(Method):
         query_pos = (last[:, None] - w + 1 + torch.arange(w, device=last.device)).clamp(min=0)   # [B, w]
         queries, keys = ctx.adapter.window_queries_and_keys(ctx.attention, ctx.hidden, ctx.cos, ctx.sin, query_pos)
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
+        values = ctx.adapter.value_norms(ctx.attention, ctx.hidden) if self.value_weighted else None
         scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel, ctx.sliding_window,
-                                      ctx.blocks)
+                                      ctx.blocks, values)
         return scores.masked_fill(positions[None, :] > (last[:, None] - w), policy.KEEP)
+
+
+class DashQ(SnapKV):
+    """DASH's update, seen from the question: a token's part in the attention updates U of the last 32 prompt
+    tokens at l_s, Σ_q a_qj ‖v_j‖ per head (the size of what token j adds to U_q), averaged over heads and pooled
+    as SnapKV pools. Where the paper's Δ asks how much a token changes, this asks how much it changes the
+    question: the tokens that move the question's states least halt first. (Weighting attention by value norms
+    is VATP's observation, Guo et al. 2024: attention alone overrates the sinks, whose values are near zero.)
+    The window itself never halts."""
+
+    name = "dash-q"
+    summary = "DASH-Q: each token's part in the question's attention update at l_s (Σ a·‖v‖ over the last 32 tokens)"
+    value_weighted = True
 
 
 class StreamingLLM(Method):
@@ -268,8 +283,8 @@ class Downsample(Method):
         return downsample(model, processor, ratio)
 
 
-_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), DivPrune(), V2Drop(),
-        Downsample())
+_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), DashQ(), DivPrune(),
+        V2Drop(), Downsample())
 
 REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
 

@@ -115,7 +115,7 @@ def fastv_scores(query: torch.Tensor, keys: torch.Tensor, key_ok: torch.Tensor, 
 
 def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, real: torch.Tensor,
                   scaling: float, kernel: int, sliding_window: int | None = None,
-                  blocks: torch.Tensor | None = None) -> torch.Tensor:
+                  blocks: torch.Tensor | None = None, value_norms: torch.Tensor | None = None) -> torch.Tensor:
     """SnapKV's rank: the attention a window of queries pays each key, summed over the window, averaged over
     heads, then average-pooled along the sequence (``kernel``, odd) so that neighbours of attended tokens rank
     high too. One [B, H, w, T] block in float32, never T x T.
@@ -126,6 +126,8 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
             ``sliding_window``, less than that many positions back).
         blocks: long [B, T] or None: a query also attends to the later keys of its own block (id >= 0), as
             Gemma 3's image tokens do.
+        value_norms: float32 [B, KV, T] or None: each attention weight times the norm of the key's value in
+            that head, so a vote is the size of the key's part in the query's attention update (``dash-q``).
     Returns:
         float32 [B, T].
     """
@@ -142,6 +144,8 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
     if sliding_window is not None:
         allowed &= pos[None, None, None, :] > query_pos[:, None, :, None] - sliding_window
     weights = logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)      # [B, H, w, T]
+    if value_norms is not None:
+        weights = weights * value_norms.repeat_interleave(queries.shape[1] // value_norms.shape[1], dim=1)[:, :, None]
     query_ok = real.gather(1, query_pos)  # a row shorter than the window: its padding asks nothing
     votes = (weights * query_ok[:, None, :, None]).sum(2).mean(1)                             # [B, T]
     return torch.nn.functional.avg_pool1d(votes[:, None], kernel, stride=1, padding=kernel // 2,

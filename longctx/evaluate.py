@@ -36,7 +36,7 @@ __all__ = ["evaluate", "parse_settings", "table_settings", "label", "markdown", 
 # 0.25·L and 0.4·L (the paper's text default); every rival and dashvl's own criteria at 0.4·L; each at these ratios.
 TABLE_RATIOS = (0.25, 0.4, 0.5, 0.667, 0.75)
 TABLE_LAYERS = (2, 0.25, 0.4)
-TABLE_RIVALS = ("random", "fastv", "snapkv", "streamingllm", "dash-sinks", "dash-avg", "dash-snap")
+TABLE_RIVALS = ("random", "fastv", "snapkv", "streamingllm", "dash-sinks", "dash-avg", "dash-snap", "dash-q")
 
 
 def table_settings(ratios=TABLE_RATIOS) -> list[dict | None]:
@@ -46,7 +46,7 @@ def table_settings(ratios=TABLE_RATIOS) -> list[dict | None]:
         for kv in ("drop", "keep"):
             rows += [{"method": "dash", "ratio": r, "layer": layer, "kv": kv} for r in ratios]
     for method in TABLE_RIVALS:
-        for kv in (("drop", "keep") if method in ("dash-avg", "dash-snap") else ("drop",)):
+        for kv in (("drop", "keep") if method in ("dash-avg", "dash-snap", "dash-q") else ("drop",)):
             # scope="all": FastV's default scope is the image tokens; a text prompt has none
             rows += [{"method": method, "ratio": r, "layer": 0.4, "kv": kv, **({"scope": "all"} if method == "fastv" else {})}
                      for r in ratios]

@@ -38,10 +38,12 @@ def streamingllm_scores(attn, hidden, U, cos, sin, real, sinks: int = 4) -> torc
     return order.masked_fill((order < sinks) | ~real, _KEEP)
 
 
-def snapkv_scores(attn, hidden, U, cos, sin, real, window: int = 32, kernel: int = 7) -> torch.Tensor:
+def snapkv_scores(attn, hidden, U, cos, sin, real, window: int = 32, kernel: int = 7,
+                  values: bool = False) -> torch.Tensor:
     """SnapKV as halting (Li et al. 2024): the attention the last ``window`` real tokens (the observation
     window) pay each earlier token, summed over the window, averaged over heads, average-pooled along the
     sequence (``kernel``, odd) so neighbours of important tokens survive too. The window always stays.
+    ``values``: each weight times the norm of that token's value in the head (dashvl's ``dash-q``).
 
     One ``[B, heads, window, T]`` attention block is formed (not ``T x T``), in float32.
     """
@@ -66,6 +68,9 @@ def snapkv_scores(attn, hidden, U, cos, sin, real, window: int = 32, kernel: int
     attn_w = logits.masked_fill(~allowed, -_INF).softmax(-1)                       # [B, H, w, T]
     # window slots before a short row's first real token (padding) ask nothing: their rows are all masked
     attn_w = torch.where(real.gather(1, qpos)[:, None, :, None], attn_w, torch.zeros_like(attn_w))
+    if values:
+        v = attn.v_proj(hidden).view(B, T, -1, attn.head_dim).transpose(1, 2).float().norm(dim=-1)  # [B, KV, T]
+        attn_w = attn_w * v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)[:, :, None, :]
     votes = attn_w.sum(2).mean(1)                                                   # [B, T]
     pooled = F.avg_pool1d(votes[:, None], kernel, stride=1, padding=kernel // 2, count_include_pad=False)[:, 0]
     in_window = pos[None, :] > (last[:, None] - w)

@@ -1,6 +1,7 @@
 """The long-context suite (determinism, lengths, gold answers, scoring), the full-length references of the
 text methods against dashvl's registry methods, and the harness end to end on a tiny model."""
 import collections
+import functools
 import json
 import importlib.util
 import os
@@ -212,7 +213,7 @@ def test_masked_executor_with_dash_scores_equals_dashvl(kv):
 
 
 @pytest.mark.parametrize("kv", ["drop", "keep"])
-@pytest.mark.parametrize("method", ["snapkv", "streamingllm", "dash-avg", "dash-snap"])
+@pytest.mark.parametrize("method", ["snapkv", "streamingllm", "dash-avg", "dash-snap", "dash-q"])
 def test_registry_methods_equal_their_full_length_references(method, kv):
     """dashvl.compress(method=...) halts the tokens an independent score picks, and generates what the
     full-length masked executor generates with that score: batch 3 with left padding, prefill and decode."""
@@ -229,7 +230,8 @@ def test_registry_methods_equal_their_full_length_references(method, kv):
             wanted = (0.5 * (rank_fractions(wanted, real) + rank_fractions(snap, real))).masked_fill(keep, policy.KEEP)
         reference = lambda *args, **kw: wanted  # noqa: E731  (layers <= l_s run as in the unmodified model)
     else:
-        reference = {"snapkv": snapkv_scores, "streamingllm": streamingllm_scores}[method]
+        reference = {"snapkv": snapkv_scores, "streamingllm": streamingllm_scores,
+                     "dash-q": functools.partial(snapkv_scores, values=True)}[method]
     lower = [layers_of(model)[i].self_attn for i in range(layer)]
     hooks_before = [dict(a._forward_hooks) for a in lower]
     with torch.no_grad():

@@ -63,11 +63,22 @@ def _sinks_kept(scores, real, sinks=4):
 
 
 @torch.no_grad()
-def _window_attention(model, family, inputs, window=32, kernel=7):
+def _window_attention(model, family, inputs, window=32, kernel=7, values=False):
     """SnapKV from the eager twin's weights: the last ``window`` positions' rows (real ones only) summed, mean
-    over heads, average-pooled over ``kernel`` neighbours; the window itself kept."""
+    over heads, average-pooled over ``kernel`` neighbours; the window itself kept. ``values``: each weight times
+    the norm of the key's value in that head (dash-q), the values recorded from the twin's v_proj."""
     eager, _ = build(family, "eager")
-    weights = eager(**inputs, output_attentions=True, use_cache=False).attentions[LAYER].float()  # [B, H, T, T]
+    attn = layers_of(eager)[LAYER].self_attn
+    recorded = []
+    hook = attn.v_proj.register_forward_hook(lambda m, a, o: recorded.append(o))
+    try:
+        weights = eager(**inputs, output_attentions=True, use_cache=False).attentions[LAYER].float()  # [B, H, T, T]
+    finally:
+        hook.remove()
+    if values:
+        B, T = weights.shape[0], weights.shape[-1]
+        norms = recorded[0].view(B, T, -1, attn.head_dim).float().norm(dim=-1).transpose(1, 2)  # [B, KV, T]
+        weights = weights * norms.repeat_interleave(weights.shape[1] // norms.shape[1], dim=1)[:, :, None, :]
     real = inputs["attention_mask"].bool()
     B, T = real.shape
     w = min(window, T)
@@ -159,6 +170,7 @@ SCORES = {
     "dash-avg": _delta_averaged,
     "dash-snap": _averaged_and_window,
     "dash-sinks": _delta_sinks_kept,
+    "dash-q": lambda model, family, inputs: _window_attention(model, family, inputs, values=True),
     "divprune": _greedy_diversity,
     "v2drop": _block_variation,
 }

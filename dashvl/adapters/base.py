@@ -149,6 +149,12 @@ class Adapter:
         k, _ = rope(k, k, cos, sin)
         return q, k
 
+    def value_norms(self, attn: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 [B, kv_heads, T]: the L2 norm of every token's value per KV head (``dash-q``)."""
+        B, T, _ = hidden.shape
+        v = _normed(attn, "v_norm", attn.v_proj(hidden).view(B, T, -1, attn.head_dim).transpose(1, 2))
+        return v.float().norm(dim=-1)
+
     def halted_kv(self, decoder_layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Keys and values that halted tokens contribute to ``decoder_layer`` (kv="keep").
 
