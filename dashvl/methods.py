@@ -185,7 +185,7 @@ class DashQ(SnapKV):
     The window itself never halts."""
 
     name = "dash-q"
-    summary = "DASH-Q: each token's part in the question's attention update at l_s (Σ a·‖v‖ over the last 32 tokens)"
+    summary = "DASH-Q: each token's part in the question's attention update at l_s (Σ a·‖v‖, last 32 tokens)"
     value_weighted = True
 
 

@@ -1,4 +1,5 @@
 """The bundled models' accuracy reports (synthvqa.reports), at a toy size on the CPU."""
+import pytest
 
 
 def test_accuracy_table_runs(tmp_path):
@@ -107,3 +108,15 @@ def test_vl_table_keeps_equal_visual_budgets(tmp_path):
     assert len({kept[k] for k in equal}) == 1 and kept[equal[0]] > 0
     full = float([line for line in out.read_text().splitlines() if "| unmodified |" in line][0].split(" | ")[2])
     assert kept["vision tower only, v=1"] == full and kept[equal[0]] < 0.3 * full
+
+
+def test_vl_table_rows_picks_rows_by_label(tmp_path):
+    from synthvqa.reports import vl_table
+
+    out = tmp_path / "vl.md"
+    vl_table.main(["--models", "qwen2-vl-synth", "--per-family", "1", "--reductions", "0.778", "--layers", "2",
+                   "--rows", "dash-q|fastv", "--out", str(out)])
+    labels = [line.split(" | ")[1] for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert labels == ["unmodified", "fastv, l=2", "dash-q, l=2"], labels
+    with pytest.raises(SystemExit):
+        vl_table.main(["--rows", "(", "--out", str(out)])

@@ -28,7 +28,8 @@ hooks on the model and two on the stack, and at ratio 0 nothing above l_s is tou
 A StaticCache (``static_cache``): a prompt that halts runs the region on a private DynamicCache, then stores it
 into the static layers (kv="keep": by position; kv="drop": compact, active slots only); decode steps are the stock
 ones (kv="drop": the halted layers' mask over their compact slots, one small mask per step, from ``HoleMasks``, the
-only hooks dashvl puts on decoder layers, on from a kv="drop" model's first static prompt until ``restore``). Under torch.compile (transformers' compiled static decode step) every hook returns at once.
+only hooks dashvl puts on decoder layers, on from a kv="drop" model's first static prompt until ``restore``).
+Under torch.compile (transformers' compiled static decode step) every hook returns at once.
 """
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ then ``store`` writes each halted layer's keys/values into the static layer *at 
   mask over the compact slots: the held slots (a padded row's unused ones are holes) up to the layer's counter.
   One small mask a step, shared by every halted layer, traced into the compiled step like the rest of it.
 
-The holes (bool [B, compact width], True = the slot holds a key or will) live on the cache object, so beam search reorders
-them with the cache and a new prompt on the cache clears them.
+The holes (bool [B, compact width], True = the slot holds a key or will) live on the cache object, so beam
+search reorders them with the cache and a new prompt on the cache clears them.
 
 torch.compile does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): a decode step
 compiled before ``compress`` would replay without the hole masks, and one compiled with them would keep them
@@ -33,8 +33,8 @@ import weakref
 import torch
 from transformers.cache_utils import DynamicCache, StaticLayer
 
-__all__ = ["is_static", "check_static", "store", "store_compact", "compact_width", "holes_of", "set_holes", "compact_mask",
-           "HoleMasks", "CompiledDecode"]
+__all__ = ["is_static", "check_static", "store", "store_compact", "compact_width", "holes_of", "set_holes",
+           "compact_mask", "HoleMasks", "CompiledDecode"]
 
 _HOLES = "_dashvl_holes"
 _REORDER_WRAPPED = "_dashvl_reorders_holes"

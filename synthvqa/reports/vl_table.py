@@ -9,7 +9,8 @@ Rows per reduction r (scope "vision" unless said; the LLM's layers as given by `
 - DASH, the paper's Δ, ``drop`` and ``keep``, at each layer; DASH ``drop`` with scope "all" at the first layer
   (r of all the prompt's tokens: its visual count is stated);
 - dash-snap (dashvl's criterion: Δ averaged over the layers up to l_s, rank-averaged with SnapKV) at each layer;
-- at the first layer: random, FastV, SnapKV, V2Drop (the least-varied visual tokens, Chen et al. 2025);
+- at the first layer: random, FastV, SnapKV, dash-q (each token's part in the question's attention update),
+  V2Drop (the least-varied visual tokens, Chen et al. 2025);
 - DivPrune (Alvar et al. 2025; greedy max-min diversity) at layer 0, the nearest to its before-the-LLM selection;
 - image downsampling to the same token count, before the model;
 - vision-tower halting alone (``vision_ratio`` r inside the tower: the LLM keeps every visual token) and combined
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 
 import torch
@@ -46,7 +48,7 @@ def rows_for(reduction: float, layers, vision_layer) -> list[tuple[str, dashvl.S
                 (f"dash-snap drop, l={layer}", S(method="dash-snap", ratio=r, layer=layer, kv="drop", scope="vision"))]
     out += [(f"dash drop, scope all, l={first}", S(method="dash", ratio=r, layer=first, kv="drop", scope="all"))]
     out += [(f"{m}, l={first}", S(method=m, ratio=r, layer=first, kv="drop", scope="vision"))
-            for m in ("random", "fastv", "snapkv", "v2drop")]
+            for m in ("random", "fastv", "snapkv", "dash-q", "v2drop")]
     out += [("divprune, l=0", S(method="divprune", ratio=r, layer=0, kv="drop", scope="vision")),
             ("downsample", S(method="downsample", ratio=r)),
             (f"vision tower only, v={vision_layer}", S(method="dash", ratio=0.0, layer=first,
@@ -80,8 +82,14 @@ def main(argv=None):
     p.add_argument("--layers", default="2,0.25,0.4", help="activation layers: ints, or fractions of the depth")
     p.add_argument("--vision-layer", default="1", help="vision block v_s of the tower rows (int or fraction)")
     p.add_argument("--batch", type=int, default=60)
+    p.add_argument("--rows", default="", help="only the rows whose label matches this regular expression "
+                                              "(the unmodified row always runs), e.g. 'fastv|dash-q'")
     p.add_argument("--out", default=os.path.join(HERE, "vl_table.md"))
     a = p.parse_args(argv)
+    try:
+        chosen = re.compile(a.rows)
+    except re.error as err:
+        p.error(f"--rows is a regular expression: {err}")
     number = lambda x: float(x) if "." in x else int(x)  # noqa: E731
     layers = [number(x) for x in a.layers.split(",")]
     vision_layer = number(a.vision_layer)
@@ -89,7 +97,8 @@ def main(argv=None):
     start = time.time()
     lines = ["# Vision-language accuracy at equal visual-token budgets", "",
              f"`python -m synthvqa.reports.vl_table --models {a.models} --per-family {a.per_family} --reductions "
-             f"{a.reductions} --layers {a.layers} --vision-layer {a.vision_layer}` on "
+             f"{a.reductions} --layers {a.layers} --vision-layer {a.vision_layer}"
+             + (f" --rows '{a.rows}'" if a.rows else "") + "` on "
              f"{'a GPU' if torch.cuda.is_available() else 'the CPU'}; torch {torch.__version__}, transformers "
              f"{__import__('transformers').__version__}. {a.per_family} held-out questions per family, greedy, exact "
              "match (%). `kept`: the visual tokens per question the LLM still processes above l_s (mean, from the "
@@ -98,7 +107,8 @@ def main(argv=None):
     for name in a.models.split(","):
         model, processor = dashvl.load_model(name)
         plan = [("unmodified", dashvl.Setting())] + [(f"{label}", s) for r in reductions
-                                                     for label, s in rows_for(r, layers, vision_layer)]
+                                                     for label, s in rows_for(r, layers, vision_layer)
+                                                     if chosen.search(label)]
         depth = model.config.get_text_config().num_hidden_layers
         lines += [f"## {name} ({depth} LLM layers)", ""]
         head = "| reduction | setting | kept | " + " | ".join(synth.FAMILIES) + " | mean |"
