@@ -281,3 +281,22 @@ def test_graph_prefill_leaves_no_filler_slots_in_the_cache(emulate, kv):
     assert torch.equal(outs[None].sequences, outs[False].sequences)
     for a, b in zip(outs[None].logits, outs[False].logits):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kv", ["drop", "keep"])
+def test_graph_path_on_a_static_cache_matches_reference(emulate, batch, kv):
+    """The graph prefill stores its real slots into the static cache (kv="drop": the compact halted layers,
+    whose filler slots of padded rows are holes), and decoding from there gives the reference's answer."""
+    model, _ = build("llama")
+    inputs = make_inputs("llama", batch)
+    ref = Reference(model, 1, kv)
+    real = inputs["attention_mask"].bool()
+    halted = reference_halted(ref.scores(inputs), real, visual_kinds(model, inputs["input_ids"]), 0.5)
+    tokens, logits = ref.greedy(inputs, halted)
+    with dashvl.compress(model, method="dash", ratio=0.5, layer=1, kv=kv) as h:
+        out = generate(model, inputs, cache_implementation="static")
+        assert h._graphs.captures == 1
+    widths = {layer.keys.shape[2] for layer in out.past_key_values.layers}
+    assert len(widths) == (2 if kv == "drop" else 1)
+    assert_same_generation(out, inputs, tokens, logits, 2e-4)
