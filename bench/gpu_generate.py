@@ -131,13 +131,12 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
     extra = {"cache_implementation": "static"} if cache == "static" else {}
 
     kept = {}  # setting -> the bytes of its last whole answer's cache (a row's cache_mb)
+    last = {}  # the cache of the call just timed, sized after its clock stops (then let go)
 
-    def call(n, i):
+    def call(n):
         def run():
-            out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 return_dict_in_generate=True, **extra)
-            if n == max(lengths):
-                kept[i] = cache_bytes(out.past_key_values)
+            last["cache"] = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                           return_dict_in_generate=True, **extra).past_key_values
         return run
 
     lengths = [1] + list(new_tokens)
@@ -159,10 +158,13 @@ def time_generate(model, inputs, settings, new_tokens, cache: str, reps: int, wa
                         # a pre-hook would be traced into the static cache's compiled step: per_token only there
                         clock = StepClock(model) if n == max(lengths) and cache != "static" else None
                         try:
-                            ms = _clock(call(n, i), cuda)
+                            ms = _clock(call(n), cuda)
                         finally:
                             if clock is not None:
                                 clock.remove()
+                        cache_of_call = last.pop("cache", None)
+                        if n == max(lengths):
+                            kept[i] = cache_bytes(cache_of_call)
                         if rep >= warmup:
                             samples[i][n].append(ms)
                             if clock is not None:

@@ -50,6 +50,7 @@ def test_generate_benchmark_runs_on_cpu(tmp_path):
         for row in (base, zero, keep):
             assert row["ttft"] > 0 and row["whole_3"] > 0 and row["per_token"] == (row["whole_3"] - row["ttft"]) / 2
         assert keep["ttft_speedup"] == base["ttft"] / keep["ttft"]
+        assert base["cache_mb"] > 0 and keep["cache_mb"] == zero["cache_mb"] == base["cache_mb"]  # keep: every key
     (saved,) = tmp_path.glob("generate_qwen2-vl-mid_llm_cpu_sdpa.json")
     assert json.loads(saved.read_text())["results"] == json.loads(json.dumps(results))
 

@@ -421,10 +421,8 @@ class CallFlow:
             static_cache.store(plan.cache, plan.static, self.first_halted, layout.key_pos, plan.length)
             return
         # kv="drop": the halted layers keep only the active slots (a shorter cache to read per decode step)
-        key_pos, full = layout.key_pos, static_cache.max_length(plan.static)
-        width = static_cache.compact_width(self.model, self.compiled_decode.key, key_pos.shape[1] + full - plan.length,
-                                           full)
-        holes = static_cache.store_compact(plan.cache, plan.static, self.first_halted, key_pos, plan.length, width)
+        holes = static_cache.store_compact(plan.cache, plan.static, self.first_halted, layout.key_pos, plan.length,
+                                           self.model, self.compiled_decode.key)
         static_cache.set_holes(plan.static, holes)
 
     def _enter_region(self, plan: CallPlan, hidden, kwargs) -> region.RegionInputs | None:

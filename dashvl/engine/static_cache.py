@@ -102,14 +102,15 @@ def compact_width(model, key, needed: int, full: int) -> int:
 
 
 def store_compact(private: DynamicCache, static, first_halted: int, key_pos: torch.Tensor, length: int,
-                  width: int) -> torch.Tensor:
-    """kv="drop": make the halted static layers ``width`` slots wide and copy ``private``'s K key slots into
-    slots 0..K-1 as they are (any order serves attention: the keys carry their rotary positions); decode steps
-    write from slot K on. Returns the holes: bool [B, width], False at the slots no key will fill (fillers of
-    padded rows). ``length``: the prompt's length, T."""
+                  model, key) -> torch.Tensor:
+    """kv="drop": make the halted static layers compact (``compact_width`` for ``model``'s setting ``key``: room
+    for the K prompt key slots and every decode step's) and copy ``private``'s K key slots into slots 0..K-1 as
+    they are (any order serves attention: the keys carry their rotary positions); decode steps write from slot K
+    on. Returns the holes: bool [B, width], False at the slots no key will fill (fillers of padded rows).
+    ``length``: the prompt's length, T."""
     B, K = key_pos.shape
-    if width < K + max_length(static) - length:
-        raise ValueError(f"compact width {width} cannot hold {K} prompt keys and the decode steps' keys")
+    full = max_length(static)
+    width = compact_width(model, key, K + full - length, full)
     for layer_index in range(first_halted, len(static.layers)):
         source, target = private.layers[layer_index], static.layers[layer_index]
         reuse = target.is_initialized and target.max_cache_len == width and target.keys.shape[0] == B
