@@ -5,6 +5,7 @@
 #                                                16k text (33 new), 1k text (33 new): the targets
 #   PART=static  bash bench/run_gpu_answers.sh   16k text and one image on cache_implementation="static" (transformers
 #                                                compiles the decode step once per twin and prompt: fewer settings)
+#   PART=static1k bash bench/run_gpu_answers.sh  1k text on the static cache, every setting (kv="drop" compact)
 #   PART=more    bash bench/run_gpu_answers.sh   4,096 visual tokens, batch 8 (1k and 16k text), LLaVA-1.5-7B one
 #                                                and four images, batch 1 and 8 (one image)
 # Every cell times "unmodified" twice: the second row is the noise floor of the paired ratios.
@@ -21,6 +22,10 @@ static)
   timeout ${LIMIT:-420} python3 -m bench.answer_pairs --model qwen2-vl-7b --cells llm:16448:33,e2e:1024:64 \
     --cache static --settings "unmodified;unmodified;ratio=0.75,layer=2" --rounds "$R" \
     --tag _static --out "$OUT" 2>&1 | clean | grep -v "it/s\]" ;;
+static1k)
+  timeout ${LIMIT:-300} python3 -m bench.answer_pairs --model qwen2-vl-7b --cells llm:1088:33 --cache static \
+    --settings "unmodified;unmodified;ratio=0;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep" --rounds "${ROUNDS:-8}" \
+    --tag _static_1k --out "$OUT" 2>&1 | clean | grep -v "it/s\]" ;;
 more)
   S="unmodified;unmodified;ratio=0;ratio=0.75,layer=2"
   timeout ${LIMIT:-250} python3 -m bench.answer_pairs --model llava-1.5-7b --cells e2e:576:32:1,e2e:2304:32:1,e2e:576:32:8 \

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The static cache on the H200, one device call (about 9 minutes): transformers 5.24 from .whl/, the GPU check
+# The static cache on the GPU machine (H100 or H200), one device call (about 9 minutes): transformers 5.24 from .whl/, the GPU check
 # of compiled static generation (tests/gpu/test_static_cache.py), then the generate benchmark at Qwen2-VL-7B's
 # shapes with the dynamic and the static cache (whose decode step generate() compiles). OUT: the device's folder.
 #   bash bench/run_gpu_static.sh
 #   CHECKS=1 CACHE=static TAG=_compact SETTINGS="unmodified;ratio=0.75,layer=2;ratio=0.75,layer=2,kv=keep;unmodified" \
 #     GEN="--tokens 16448 --batch 1 --new 32,128 --reps 3|--tokens 16448 --batch 8 --new 32 --reps 2" bash bench/run_gpu_static.sh
-# A run's own --model / --mode come after the script's and win, so one GEN can mix shapes (the cells not yet on the
-# static cache: LLaVA's images, 4k text, 576 / 4,096 visual tokens, 1k x 8):
+# A run's own --model / --mode come after the script's and win, so one GEN can mix shapes (the rest of the grid on
+# the static cache, measured in two such calls: bench/RESULTS.md, first section):
 #   CHECKS=0 CACHE=static TAG=_grid GEN="--model llava-1.5-7b --mode e2e --tokens 576,2304 --batch 1 --new 32 --reps 3|\
 #     --tokens 4160 --batch 1 --new 32 --reps 3|--mode e2e --tokens 576,4096 --batch 1 --new 64 --reps 3|\
 #     --tokens 1088 --batch 8 --new 32 --reps 3" bash bench/run_gpu_static.sh
