@@ -434,7 +434,7 @@ def build_demo(model=None, processor=None, model_name: str | None = None) -> gr.
                     scope = _named(gr.Radio, "scope", choices=list(SCOPES), value="all", label="scope (which tokens may halt)")
                 method = _named(gr.Radio, "method", choices=list(method_names() if pictures else method_names("llm")),
                                 value=start["method"], elem_id="method",
-                                  label="method (dash: smallest Δ halts, the paper; dash-avg / dash-snap / dash-sinks / dash-q: "
+                                  label="method (dash: smallest Δ halts, the paper; dash-avg / dash-snap / dash-sinks / dash-q / dash-q-heads: "
                                         "dashvl's variants; random / fastv / snapkv / streamingllm / downsample: "
                                         "baselines at the same budget; downsample shrinks the images instead)")
                 with gr.Row(visible=viewer.vision_blocks is not None):

@@ -22,6 +22,7 @@ import torch
 
 import dashvl
 from bench.common import _timed, markdown, model_args, setup, text_config
+from dashvl.adapters import frozen_hidden
 from dashvl.engine import keep_attention as ka
 from dashvl.flops import flops_speedup
 
@@ -36,17 +37,20 @@ def variants(ratios, layer: int, flash: bool, chunks):
             out.append((f"keep {r} masked", dict(dash, kv="keep"), "never", None))
         for c in chunks:
             out.append((f"keep {r} fast c{c}", dict(dash, kv="keep"), "always", c))
+        # the halted layers' input norm run whole on the frozen tokens (before adapters/frozen_hidden.py)
+        out.append((f"keep {r} fast c{chunks[0]} unshared norm", dict(dash, kv="keep"), "always", chunks[0]))
         out.append((f"keep {r} fast c{chunks[0]} layers", dict(dash, kv="keep", cuda_graph=False), "always", chunks[0]))
     return out
 
 
-def _run_with(model, kwargs, mode, chunk):
+def _run_with(model, kwargs, mode, chunk, name=""):
     ka.MODE = mode or "auto"
     ka.CHUNK = chunk or ka.CHUNK
+    frozen_hidden.SHARE = not name.endswith("unshared norm")
     return dashvl.compress(model, **kwargs)
 
 
-def profile(model, call, kwargs, mode, chunk, top: int = 14) -> str:
+def profile(model, call, kwargs, mode, chunk, top: int = 24) -> str:
     """The CUDA kernels of one prefill with ``kwargs`` (keep MODE ``mode``), by total device time."""
     from torch.profiler import ProfilerActivity
     ka.MODE, ka.CHUNK = mode, chunk or ka.CHUNK
@@ -119,7 +123,7 @@ def main(argv=None):
                         timing = _timed(call, cuda)
                     else:
                         try:
-                            with _run_with(model, kwargs, mode, chunk) as h:
+                            with _run_with(model, kwargs, mode, chunk, name) as h:
                                 timing = _timed(call, cuda)
                                 if rep == 0:
                                     limits[name] = flops_speedup(text_config(model), h.trace)
@@ -129,7 +133,7 @@ def main(argv=None):
                             continue
                     if rep >= args.warmup:
                         samples[name].append(timing)
-        ka.MODE, ka.CHUNK = "auto", default_chunk
+        ka.MODE, ka.CHUNK, frozen_hidden.SHARE = "auto", default_chunk, True
         base = statistics.median(t for t, _ in samples["unmodified"])
         rows = []
         checks["failed"] = failed

@@ -41,7 +41,7 @@ class DashConfig:
         protect_last: the last N real prompt tokens of each row never halt (N >= 1: the last
             token's logits are the output of prefill).
         method: the score that ranks tokens, a name in ``dashvl.methods.names("llm")``: ``"dash"``
-            (Δ = ||U||₂, the paper), ``"dash-avg"`` / ``"dash-snap"`` / ``"dash-sinks"`` / ``"dash-q"`` (dashvl's
+            (Δ = ||U||₂, the paper), ``"dash-avg"`` / ``"dash-snap"`` / ``"dash-sinks"`` / ``"dash-q"`` / ``"dash-q-heads"`` (dashvl's
             text criteria, see ``dashvl.methods``), ``"random"`` (uniform, seeded), ``"fastv"`` (attention the last token pays
             each token at l_s), ``"snapkv"`` (the last 32 tokens' attention, pooled) or ``"streamingllm"``
             (sinks + recent). ``compress`` without a config fills unset settings from ``TEXT_DEFAULTS`` on a

@@ -24,7 +24,7 @@ import torch
 from . import policy
 
 __all__ = ["Method", "ScoreContext", "REGISTRY", "get", "names", "Dash", "Random", "FastV", "SnapKV", "StreamingLLM",
-           "DashAvg", "DashSnap", "DashSinks", "DashQ", "DivPrune", "V2Drop", "Downsample"]
+           "DashAvg", "DashSnap", "DashSinks", "DashQ", "DashQHeads", "DivPrune", "V2Drop", "Downsample"]
 
 STAGES = ("llm", "inputs")
 
@@ -161,6 +161,7 @@ class SnapKV(Method):
     needs_attention_input = True
     window, kernel = 32, 7
     value_weighted = False
+    heads = "mean"  # over heads (policy.window_scores)
 
     def score(self, ctx):
         T = ctx.real.shape[1]
@@ -172,7 +173,7 @@ class SnapKV(Method):
         scaling = getattr(ctx.attention, "scaling", ctx.attention.head_dim ** -0.5)
         values = ctx.adapter.value_norms(ctx.attention, ctx.hidden) if self.value_weighted else None
         scores = policy.window_scores(queries, keys, query_pos, ctx.real, scaling, self.kernel, ctx.sliding_window,
-                                      ctx.blocks, values)
+                                      ctx.blocks, values, heads=self.heads)
         return scores.masked_fill(positions[None, :] > (last[:, None] - w), policy.KEEP)
 
 
@@ -187,6 +188,15 @@ class DashQ(SnapKV):
     name = "dash-q"
     summary = "DASH-Q: each token's part in the question's attention update at l_s (Σ a·‖v‖, last 32 tokens)"
     value_weighted = True
+
+
+class DashQHeads(DashQ):
+    """dash-q with each head's votes as a share of that head's total and the largest share over heads kept: a
+    token that one head (a retrieval head) moves the question with stays, where the mean over heads dilutes it."""
+
+    name = "dash-q-heads"
+    summary = "dash-q, each head's share of the question's update, the largest over heads (not the mean)"
+    heads = "max"
 
 
 class StreamingLLM(Method):
@@ -283,8 +293,8 @@ class Downsample(Method):
         return downsample(model, processor, ratio)
 
 
-_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), DashQ(), DivPrune(),
-        V2Drop(), Downsample())
+_ALL = (Dash(), Random(), FastV(), SnapKV(), StreamingLLM(), DashAvg(), DashSnap(), DashSinks(), DashQ(), DashQHeads(),
+        DivPrune(), V2Drop(), Downsample())
 
 REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
 

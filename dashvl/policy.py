@@ -115,7 +115,8 @@ def fastv_scores(query: torch.Tensor, keys: torch.Tensor, key_ok: torch.Tensor, 
 
 def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, real: torch.Tensor,
                   scaling: float, kernel: int, sliding_window: int | None = None,
-                  blocks: torch.Tensor | None = None, value_norms: torch.Tensor | None = None) -> torch.Tensor:
+                  blocks: torch.Tensor | None = None, value_norms: torch.Tensor | None = None,
+                  heads: str = "mean") -> torch.Tensor:
     """SnapKV's rank: the attention a window of queries pays each key, summed over the window, averaged over
     heads, then average-pooled along the sequence (``kernel``, odd) so that neighbours of attended tokens rank
     high too. One [B, H, w, T] block in float32, never T x T.
@@ -128,11 +129,15 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
             Gemma 3's image tokens do.
         value_norms: float32 [B, KV, T] or None: each attention weight times the norm of the key's value in
             that head, so a vote is the size of the key's part in the query's attention update (``dash-q``).
+        heads: ``"mean"`` (SnapKV) or ``"max"``: each head's votes as a share of that head's total, the largest
+            share over heads (a token one head needs stays, however the others vote).
     Returns:
         float32 [B, T].
     """
     if kernel < 1 or kernel % 2 != 1:
         raise ValueError(f"kernel must be an odd int >= 1 (centred pooling); got {kernel}")
+    if heads not in ("mean", "max"):
+        raise ValueError(f"heads must be 'mean' or 'max'; got {heads!r}")
     T = keys.shape[2]
     keys = keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
     logits = (queries.float() @ keys.float().transpose(-1, -2)) * scaling                  # [B, H, w, T]
@@ -147,7 +152,11 @@ def window_scores(queries: torch.Tensor, keys: torch.Tensor, query_pos: torch.Te
     if value_norms is not None:
         weights = weights * value_norms.repeat_interleave(queries.shape[1] // value_norms.shape[1], dim=1)[:, :, None]
     query_ok = real.gather(1, query_pos)  # a row shorter than the window: its padding asks nothing
-    votes = (weights * query_ok[:, None, :, None]).sum(2).mean(1)                             # [B, T]
+    votes = (weights * query_ok[:, None, :, None]).sum(2)                                     # [B, H, T]
+    if heads == "max":
+        votes = (votes / votes.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)).amax(1)
+    else:
+        votes = votes.mean(1)                                                                 # [B, T]
     return torch.nn.functional.avg_pool1d(votes[:, None], kernel, stride=1, padding=kernel // 2,
                                           count_include_pad=False)[:, 0]
 

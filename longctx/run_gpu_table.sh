@@ -69,6 +69,10 @@ fi
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 kill $MON 2>/dev/null
+# every shard's JSON comes back too: a shard that failed (out of memory: 15 processes at batch 24 filled an H100's
+# 80 GB) leaves the others' rows usable, merged later with a rerun of the failed settings on the same seeds
+mkdir -p "$OUT/shards${TAG:-}" && cp /tmp/shards/table_*.json "$OUT/shards${TAG:-}/" 2>/dev/null
+[ -n "${LENGTHS2:-}" ] && mkdir -p "$OUT/shards${TAG2:-_2}" && cp /tmp/shards2/table_*.json "$OUT/shards${TAG2:-_2}/" 2>/dev/null
 if [ "$fail" != 0 ]; then  # the last lines of each log (progress bars' carriage returns made lines)
   for f in /tmp/shards*/log_*.txt; do echo "== $f"; tr '\r' '\n' < "$f" | tail -n 8; done > "$OUT/failures.txt"
 fi

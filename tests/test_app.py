@@ -242,7 +242,7 @@ def test_viewer_on_llava_two_images():
     (dict(scope="pixels"), r"scope must be one of \('all', 'vision', 'text'\)"),
     (dict(max_new_tokens=0), r"max new tokens must be in \[1, 64\]"),
     (dict(max_new_tokens=None), "max new tokens must be a whole number"),
-    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'dash-q', 'divprune', 'v2drop', 'downsample'\)"),
+    (dict(method="tome"), r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'dash-q', 'dash-q-heads', 'divprune', 'v2drop', 'downsample'\)"),
 ])
 def test_bad_settings_are_refused_with_the_allowed_range(change, message):
     args = {**GOOD, **change}

@@ -72,7 +72,7 @@ def test_ratio_zero_is_unmodified_for_every_method(method, family):
 
 
 def test_method_errors():
-    with pytest.raises(ValueError, match=r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'dash-q', 'divprune', 'v2drop'\)"):
+    with pytest.raises(ValueError, match=r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'dash-q', 'dash-q-heads', 'divprune', 'v2drop'\)"):
         dashvl.DashConfig(method="tome")
     with pytest.raises(ValueError, match=r"use dashvl.baselines.downsample\(model, processor, ratio\)"):
         dashvl.DashConfig(method="downsample")

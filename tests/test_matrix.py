@@ -63,7 +63,7 @@ def _sinks_kept(scores, real, sinks=4):
 
 
 @torch.no_grad()
-def _window_attention(model, family, inputs, window=32, kernel=7, values=False):
+def _window_attention(model, family, inputs, window=32, kernel=7, values=False, heads="mean"):
     """SnapKV from the eager twin's weights: the last ``window`` positions' rows (real ones only) summed, mean
     over heads, average-pooled over ``kernel`` neighbours; the window itself kept. ``values``: each weight times
     the norm of the key's value in that head (dash-q), the values recorded from the twin's v_proj."""
@@ -85,7 +85,9 @@ def _window_attention(model, family, inputs, window=32, kernel=7, values=False):
     out = torch.zeros(B, T)
     for b in range(B):
         rows = [p for p in range(T - w, T) if real[b, p]]  # left padding: the last real token is at T - 1
-        votes = weights[b][:, rows, :].sum(1).mean(0)
+        votes = weights[b][:, rows, :].sum(1)  # [H, T]
+        # heads="max": each head's votes as a share of its total, the largest share (dash-q-heads)
+        votes = (votes / votes.sum(-1, keepdim=True)).max(0).values if heads == "max" else votes.mean(0)
         out[b] = torch.nn.functional.avg_pool1d(votes[None, None], kernel, 1, kernel // 2, count_include_pad=False)[0, 0]
         out[b, T - w:] = KEEP
     return out
@@ -171,6 +173,7 @@ SCORES = {
     "dash-snap": _averaged_and_window,
     "dash-sinks": _delta_sinks_kept,
     "dash-q": lambda model, family, inputs: _window_attention(model, family, inputs, values=True),
+    "dash-q-heads": lambda model, family, inputs: _window_attention(model, family, inputs, values=True, heads="max"),
     "divprune": _greedy_diversity,
     "v2drop": _block_variation,
 }

@@ -9,8 +9,8 @@ from tests.helpers import Reference, build, make_inputs, reference_halted, visua
 
 
 def test_registry_contract():
-    llm = ("dash", "random", "fastv", "snapkv", "streamingllm", "dash-avg", "dash-snap", "dash-sinks", "dash-q", "divprune",
-           "v2drop")
+    llm = ("dash", "random", "fastv", "snapkv", "streamingllm", "dash-avg", "dash-snap", "dash-sinks", "dash-q", "dash-q-heads",
+           "divprune", "v2drop")
     assert methods.names() == llm + ("downsample",)
     assert methods.names("llm") == llm == dashvl.config.METHODS
     assert methods.names("inputs") == ("downsample",)
@@ -27,7 +27,7 @@ def test_registry_contract():
 
 def test_unknown_and_misplaced_methods_are_refused_with_the_allowed_names():
     llm = (r"'dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks',"
-           r" 'dash-q', 'divprune', 'v2drop'")
+           r" 'dash-q', 'dash-q-heads', 'divprune', 'v2drop'")
     allowed = rf"\({llm}, 'downsample'\)"
     with pytest.raises(ValueError, match=rf"method must be one of {allowed}; got 'tome'"):
         methods.get("tome")

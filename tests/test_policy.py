@@ -72,3 +72,31 @@ def test_config_is_frozen_and_resolves_layers():
     assert cfg.resolve_layer(28) == 11 and DashConfig(layer=2).resolve_layer(28) == 2
     with pytest.raises(ValueError, match="at least 2 decoder layers"):
         cfg.resolve_layer(1)
+
+
+def _window_inputs():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 10, 8)
+    return q, k, torch.tensor([[7, 8, 9]] * 2), torch.ones(2, 10, dtype=torch.bool)
+
+
+def test_window_scores_refuses_unknown_reductions():
+    from dashvl.policy import window_scores
+    q, k, pos, real = _window_inputs()
+    with pytest.raises(ValueError, match="heads must be 'mean' or 'max'; got 'median'"):
+        window_scores(q, k, pos, real, 0.35, 3, heads="median")
+    with pytest.raises(ValueError, match="kernel must be an odd int"):
+        window_scores(q, k, pos, real, 0.35, 4)
+
+
+def test_window_scores_heads_max_is_the_largest_share():
+    """heads="max" with kernel 1: the largest over heads of each head's votes divided by that head's total."""
+    from dashvl.policy import window_scores
+    q, k, pos, real = _window_inputs()
+    mean = window_scores(q, k, pos, real, 0.35, 1)
+    top = window_scores(q, k, pos, real, 0.35, 1, heads="max")
+    kk = k.repeat_interleave(2, dim=1)
+    w = torch.softmax(((q @ kk.transpose(-1, -2)) * 0.35).masked_fill(
+        torch.arange(10)[None, None, None] > pos[:, None, :, None], float("-inf")), -1).sum(2)  # [B, H, T]
+    assert torch.allclose(mean, w.mean(1), atol=1e-6)
+    assert torch.allclose(top, (w / w.sum(-1, keepdim=True)).amax(1), atol=1e-6)

@@ -51,7 +51,7 @@ def test_a_setting_of_every_field_round_trips_and_defaults_read_baseline():
 
 
 BAD = [  # (text, the field it is about, what the message must say)
-    ("method=tome", "method", r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'dash-q', 'divprune', 'v2drop', "
+    ("method=tome", "method", r"method must be one of \('dash', 'random', 'fastv', 'snapkv', 'streamingllm', 'dash-avg', 'dash-snap', 'dash-sinks', 'dash-q', 'dash-q-heads', 'divprune', 'v2drop', "
                              r"'downsample'\); got 'tome'"),
     ("ratio=1", "ratio", r"ratio must be a number in \[0, 1\)"),
     ("ratio=-0.1", "ratio", r"ratio must be a number in \[0, 1\)"),
@@ -67,7 +67,7 @@ BAD = [  # (text, the field it is about, what the message must say)
     ("vision_ratio=1.0", "vision_ratio", r"vision_ratio must be a number in \[0, 1\)"),
     ("vision_layer=-2", "vision_layer", r"vision_layer must be an int >= 0 or a float in \(0, 1\)"),
     ("method=downsample,vision_ratio=0.5", "vision_ratio", r"vision_ratio halts inside the vision tower: it "
-                                                           r"combines with dash, random, fastv, snapkv, streamingllm, dash-avg, dash-snap, dash-sinks, dash-q, divprune, v2drop, "
+                                                           r"combines with dash, random, fastv, snapkv, streamingllm, dash-avg, dash-snap, dash-sinks, dash-q, dash-q-heads, divprune, v2drop, "
                                                            r"not with downsample"),
 ]
 

@@ -6,6 +6,8 @@ import sys
 import torch
 from torch import nn
 
+from .frozen_hidden import input_norm
+
 __all__ = ["Adapter", "ImageGrid", "SUPPORTED_ATTENTION", "FLASH_ATTENTION", "encoder_tower_spec"]
 
 # Attention backends the engine builds masks for. flex_attention / paged backends take block masks or
@@ -159,21 +161,23 @@ class Adapter:
         """Keys and values that halted tokens contribute to ``decoder_layer`` (kv="keep").
 
         Args:
-            hidden: [B, H, d] the halted tokens' frozen hidden states.
+            hidden: [B, H, d] the halted tokens' frozen hidden states, or their ``FrozenHidden`` (the input
+                norm's layer-independent part shared by every halted layer of the call).
             cos, sin: [B, H, head_dim] at their original positions.
         Returns:
             keys, values: [B, kv_heads, H, head_dim], RoPE applied as the layer's own attention does.
         """
         attn = decoder_layer.self_attn
         device = attn.k_proj.weight.device  # the decoder layer may sit on another device than l_s (device_map)
-        hidden, cos, sin = hidden.to(device), cos.to(device), sin.to(device)
-        x = decoder_layer.input_layernorm(hidden)
+        cos, sin = cos.to(device), sin.to(device)
+        x = input_norm(decoder_layer.input_layernorm, hidden, device)
         B, H, _ = x.shape
         k = _normed(attn, "k_norm", attn.k_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2))
         v = attn.v_proj(x).view(B, H, -1, attn.head_dim).transpose(1, 2)
-        # The family's own rotary function, from the module that defines its attention.
+        # The family's own rotary function, from the module that defines its attention; an empty query (no heads)
+        # so that it rotates the keys alone.
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        k, _ = rope(k, k, cos, sin)
+        _, k = rope(k[:, :0], k, cos, sin)
         return k, v
 
 

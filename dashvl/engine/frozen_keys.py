@@ -5,6 +5,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from .. import policy
+from ..adapters.frozen_hidden import FrozenHidden
 from .region import gather_tokens
 
 __all__ = ["FrozenKeys"]
@@ -30,7 +31,7 @@ class FrozenKeys:
     def __init__(self, width: int, all_valid: bool, halted_kv):
         self.width, self.all_valid, self.halted_kv = width, all_valid, halted_kv
         self.index = self.valid = None        # long / bool [B, H]
-        self.hidden = None
+        self.hidden = self.shared = None
         self.rotaries: dict = {}              # rope kind (None: the call's) -> (cos, sin) [B, H, head_dim]
         self.cache = None                     # where ``write`` puts keys/values (layer-by-layer path)
 
@@ -52,6 +53,7 @@ class FrozenKeys:
             all_valid: no filler slots.
         """
         self.hidden = gather_tokens(frozen, self.index)
+        self.shared = FrozenHidden(self.hidden)  # every layer's write shares its input norm's common part
         self.rotaries = {kind: (gather_tokens(cos, self.index), gather_tokens(sin, self.index))
                          for kind, (cos, sin) in rotaries.items()}
         return torch.where(self.valid, self.index + past, -1), self.all_valid
@@ -68,7 +70,7 @@ class FrozenKeys:
     def write(self, decoder_layer, layer_index: int, rope=None) -> None:
         """Before ``decoder_layer`` (at ``layer_index``, taking rope kind ``rope``) runs: the halted tokens'
         keys/values into its cache layer."""
-        keys, values = self.halted_kv(decoder_layer, self.hidden, *self.rotaries[rope])
+        keys, values = self.halted_kv(decoder_layer, self.shared, *self.rotaries[rope])
         self.cache.update(keys, values, layer_index)
 
     def graph_inputs(self) -> tuple:

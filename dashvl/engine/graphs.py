@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicLayer
 
+from ..adapters import frozen_hidden
+from ..adapters.frozen_hidden import FrozenHidden
 from . import keep_attention
 from .region import HaltedRunner  # the runner of both paths; named here for older code
 
@@ -144,10 +146,11 @@ class GraphBank:
         if fast_keep is not None:
             mask = keep_attention.KeepChunks(mask, hidden.shape[1], fast_keep)
             switched = keep_attention.switched(self.layers[self.first].self_attn.config)
+        shared = FrozenHidden(halted_hidden) if halted_hidden is not None else None  # one input norm's common part
         with switched:
             for decoder_layer in self.layers[self.first:]:
-                if halted_hidden is not None:  # kv="keep": the halted tokens' keys/values come first in this layer
-                    recorder.prefix = self.halted_kv(decoder_layer, halted_hidden, halted_cos, halted_sin)
+                if shared is not None:  # kv="keep": the halted tokens' keys/values come first in this layer
+                    recorder.prefix = self.halted_kv(decoder_layer, shared, halted_cos, halted_sin)
                 run = decoder_layer if hooks else decoder_layer.forward  # a replay calls no module: no hook fires
                 hidden = run(hidden, attention_mask=mask, position_ids=None, position_embeddings=(cos, sin), **extra)
         return hidden
@@ -170,7 +173,9 @@ class GraphBank:
             self._where = where
         inputs = (hidden, cos, sin, mask) + (tuple(halted) if halted is not None else (None,) * 3)
         key = (backend, tuple(None if x is None else (tuple(x.shape), x.dtype) for x in inputs), hidden.device,
-               store_keys, torch.is_inference_mode_enabled(), fast_keep)
+               store_keys, torch.is_inference_mode_enabled(), fast_keep,
+               # module settings a capture bakes in (bench.gpu_keep switches them between settings)
+               keep_attention.CHUNK, keep_attention.SPAN, frozen_hidden.SHARE)
         fast = backend if fast_keep else None
         entry = self.entries.get(key)
         if entry is None:
